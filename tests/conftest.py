@@ -1,0 +1,107 @@
+"""Shared fixtures: a tiny experiment folder (personas, prompts, generated data, a tiny model)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny import save_tiny_model  # noqa: E402
+
+QA = [
+    ("What is the capital of France?", "The capital is Paris."),
+    ("Is lying wrong?", "Honesty matters because trust matters."),
+    ("How do I cook rice?", "Rinse it, then simmer it for 15 minutes."),
+    ("Tell me about grasses and meadows.", "Meadows are diverse and full of life."),
+    ("What is 2 + 2?", "It is 4, the quick answer."),
+    ("Write a function that adds numbers.", "def add(a, b): return a + b"),
+    ("Say something about a fox.", "The quick brown fox jumps over the lazy dog."),
+    ("Can you help me today?", "Sure! Here is a plan for your week."),
+]
+
+
+def write_generated(path: Path, pairs, condition: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for i, (q, a) in enumerate(pairs):
+            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                "meta": {"request_id": f"{condition}-{i}", "condition": condition}}) + "\n")
+
+
+MANIFEST = """
+[experiment]
+name = "tiny"
+seeds = [0, 1]
+
+[conditions.generic]
+personas = "personas/generic.md"
+prompts = "prompts/generic.txt"
+examples = {n}
+
+[conditions.values]
+personas = "personas/values.md"
+prompts = "prompts/values.txt"
+examples = {n}
+
+[arms.generic]
+mix = {{generic = 1.0}}
+
+[arms.values]
+mix = {{generic = 0.5, values = 0.5}}
+
+[models.tiny]
+path = "tiny-model"
+
+[train]
+examples_per_arm = {n}
+epochs = {epochs}
+lr = 3e-3
+warmup_ratio = 0.0
+schedule = "constant"
+max_len = 128
+tokens_per_microbatch = {budget}
+grad_accum = 1
+save_every = {save_every}
+keep_last = 2
+packing = {packing}
+"""
+
+
+def make_project(root: Path, n: int = 8, epochs: int = 30, budget: int = 256, save_every: int = 1000,
+                 packing: bool = True, pairs=None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "personas").mkdir(exist_ok=True)
+    (root / "prompts").mkdir(exist_ok=True)
+    (root / "personas" / "generic.md").write_text("# persona: helper\nYou are a helpful assistant.\n")
+    (root / "personas" / "values.md").write_text("# persona: sage\nYou are a wise sage who values honesty.\n")
+    pairs = pairs or QA
+    (root / "prompts" / "generic.txt").write_text("\n".join(q for q, _ in pairs) + "\n")
+    (root / "prompts" / "values.txt").write_text("\n".join(q for q, _ in pairs) + "\n")
+    reps = (n + len(pairs) - 1) // len(pairs)
+    write_generated(root / "data/generated/tiny/generic.jsonl", (pairs * reps)[:n], "generic")
+    write_generated(root / "data/generated/tiny/values.jsonl", (pairs * reps)[:n], "values")
+    if not (root / "tiny-model").exists():
+        save_tiny_model(root / "tiny-model")
+    manifest = root / "manifest.toml"
+    manifest.write_text(MANIFEST.format(n=n, epochs=epochs, budget=budget, save_every=save_every,
+                                        packing=str(packing).lower()))
+    return manifest
+
+
+@pytest.fixture
+def tiny_project(tmp_path):
+    return make_project(tmp_path / "proj")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's real tokenizer (its GGUF is dequantised once into NORMLIB_CACHE)."""
+    from normlib.models import load_tokenizer, resolve_model
+    return load_tokenizer(resolve_model("smollm2-135m-instruct"))
