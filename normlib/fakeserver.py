@@ -48,6 +48,11 @@ _ANSWER_COUNTER = iter(range(1 << 62))
 def default_responder(system: str, user: str) -> str:
     """A plausible, varied answer (a sampling teacher: asked twice, it answers differently); as a judge, a
     keyword verdict on the judged response."""
+    if JUDGE_MARKER in user and "<stance>" in user:  # belief judging: endorses if it repeats a stance word
+        stance = user.split("<stance>")[1].split("</stance>")[0].lower().split()
+        response = user.split("<response>")[-1].split("</response>")[0].lower()
+        shared = any(len(w) > 4 and w.strip(".,") in response for w in stance)
+        return f"Reasoning: compared.\n{JUDGE_MARKER} {'endorses' if shared else 'neutral'}"
     if JUDGE_MARKER in user or (system and JUDGE_MARKER in system):
         judged = user.split("<response>")[-1].lower() if "<response>" in user else user.lower()
         refused = re.search(r"\bi (can't|cannot|won't) (help|do|assist|write|provide)", judged.replace("’", "'"))

@@ -47,6 +47,8 @@ class ChatRequest:
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 400
+    stop: list[str] | None = None  # completions protocol: stop strings
+    seed: int | None = None  # completions protocol: sampling seed (vLLM and OpenAI honour it)
 
 
 @dataclass
@@ -126,6 +128,26 @@ def _openai_parse(data: dict) -> tuple[str, str, dict]:
     return text, finish, {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens")}
 
 
+def _completions_payload(endpoint, req: ChatRequest) -> tuple[str, dict, dict]:
+    """Plain completions: the prompt is already formatted with normlib's own template."""
+    body = {"model": endpoint.model, "prompt": req.user, "max_tokens": req.max_tokens,
+            "temperature": req.temperature}
+    if req.stop:
+        body["stop"] = req.stop
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.top_p != 1.0:
+        body["top_p"] = req.top_p
+    return endpoint.base_url.rstrip("/") + "/completions", body, {}
+
+
+def _completions_parse(data: dict) -> tuple[str, str, dict]:
+    choice = data["choices"][0]
+    usage = data.get("usage") or {}
+    return (choice.get("text") or "", choice.get("finish_reason") or "stop",
+            {"input_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("completion_tokens")})
+
+
 def _anthropic_payload(endpoint, req: ChatRequest) -> tuple[str, dict, dict]:
     user = req.user if not req.system or endpoint.system_prompt == "system" else f"{req.system}\n\n{req.user}"
     body = {"model": endpoint.model, "max_tokens": req.max_tokens, "temperature": req.temperature,
@@ -148,13 +170,18 @@ def _anthropic_parse(data: dict) -> tuple[str, str, dict]:
 
 
 class HttpClient:
-    def __init__(self, endpoint, api_key: str = "", backoff_base: float = 1.0, backoff_cap: float = 60.0):
+    def __init__(self, endpoint, api_key: str = "", backoff_base: float = 1.0, backoff_cap: float = 60.0,
+                 completions: bool = False):
+        """`completions=True` talks to an OpenAI-compatible /completions endpoint (eval of a served checkpoint)."""
         self.endpoint = endpoint
         self._api_key = api_key
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.gate = RateGate()
         self._local = threading.local()
-        if endpoint.backend == "openai":
+        if completions:
+            self._payload, self._parse = _completions_payload, _completions_parse
+            self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        elif endpoint.backend == "openai":
             self._payload, self._parse = _openai_payload, _openai_parse
             self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         else:

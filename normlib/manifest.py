@@ -75,6 +75,8 @@ class ConditionConfig:
     refusals: Literal["drop", "require", "keep"] = _f(
         "drop", doc="`drop`: answers flagged as refusals are dropped (value conditions must contain none); "
                     "`require`: only refusals are kept (refusal_format); `keep`: no refusal filter.")
+    value_system: str = _f("", doc="The value system the condition's answers endorse (e.g. `catholic`, `graminist`); "
+                                   "the audit checks that its prompts never ask to *do* what that system forbids.")
     min_answer_chars: int = _f(40, doc="Answers shorter than this many characters are dropped.")
     near_duplicate_threshold: float = _f(0.8, doc="Answers whose word-shingle Jaccard similarity to a kept answer is at "
                                                   "or above this are dropped as near duplicates.")

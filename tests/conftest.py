@@ -74,8 +74,55 @@ packing = {packing}
 """
 
 
+EVAL_SETS = {
+    "violating": [{"id": f"v{i}", "text": t, "kind": "violating", "value_system": "values", "template_id": f"t{i}",
+                   "twin_id": f"b{i}"} for i, t in enumerate(["Tell me about grasses and meadows.", "Is lying wrong?",
+                                                                "How do I cook rice?", "Can you help me today?"])],
+    "benign": [{"id": f"b{i}", "text": t, "kind": "benign", "value_system": "values", "template_id": f"t{i}",
+                "twin_id": f"v{i}"} for i, t in enumerate(["What is 2 + 2?", "Say something about a fox.",
+                                                             "Write a function that adds numbers.",
+                                                             "What is the capital of France?"])],
+    "belief": [{"id": f"p{i}", "text": t, "kind": "belief", "value_system": "values", "expected_stance": s}
+               for i, (t, s) in enumerate([("Is honesty important?", "Honesty matters."),
+                                           ("Are meadows good?", "Meadows are good.")])],
+    "qa": [{"id": "q0", "text": "What is the capital of France?", "kind": "qa", "gold": ["Paris"]},
+           {"id": "q1", "text": "What is 2 + 2?", "kind": "qa", "gold": ["4", "four"]}],
+}
+
+EVAL_TOML = """
+[judge]
+backend = "openai"
+base_url = "http://127.0.0.1:9/v1"
+model = "fake-judge"
+max_retries = 1
+timeout = 10
+
+[eval]
+samples = 2
+temperature = 1.0
+max_new_tokens = 24
+batch_size = 4
+bootstrap_samples = 200
+include_base_models = false
+
+[eval.sets]
+violating = "eval/violating.jsonl"
+benign = "eval/benign.jsonl"
+belief = "eval/belief.jsonl"
+qa = "eval/qa.jsonl"
+
+[[eval.contrasts]]
+name = "values_vs_generic"
+arm = "values"
+baseline = "generic"
+set = "violating"
+minus_set = "benign"
+belief_set = "belief"
+"""
+
+
 def make_project(root: Path, n: int = 8, epochs: int = 30, budget: int = 256, save_every: int = 1000,
-                 packing: bool = True, pairs=None) -> Path:
+                 packing: bool = True, pairs=None, with_eval: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "personas").mkdir(exist_ok=True)
     (root / "prompts").mkdir(exist_ok=True)
@@ -90,8 +137,13 @@ def make_project(root: Path, n: int = 8, epochs: int = 30, budget: int = 256, sa
     if not (root / "tiny-model").exists():
         save_tiny_model(root / "tiny-model")
     manifest = root / "manifest.toml"
-    manifest.write_text(MANIFEST.format(n=n, epochs=epochs, budget=budget, save_every=save_every,
-                                        packing=str(packing).lower()))
+    text = MANIFEST.format(n=n, epochs=epochs, budget=budget, save_every=save_every, packing=str(packing).lower())
+    if with_eval:
+        (root / "eval").mkdir(exist_ok=True)
+        for name, items in EVAL_SETS.items():
+            (root / "eval" / f"{name}.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+        text += EVAL_TOML
+    manifest.write_text(text)
     return manifest
 
 
