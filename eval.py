@@ -21,6 +21,9 @@ def parse_args(argv=None):
     ap.add_argument("--rescore", action="store_true", help="re-score saved samples without generating")
     ap.add_argument("--only", action="append", default=[], metavar="LABEL",
                     help="generate only for this model label (a run name, base--MODEL or extra--LABEL); repeatable")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="generate missing answers and stop (several processes, one per --only label, can run side "
+                         "by side); score afterwards with --rescore")
     ap.add_argument("--validate-judge", metavar="FILE", help="accuracy and kappa of the keyword detector and the "
                                                              "judge against hand labels (JSONL: prompt, response, label)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -70,13 +73,14 @@ def main(argv=None) -> int:
                   f"({', '.join(ev.label for ev in evaluated)})", file=sys.stderr)
             return 2
         out_dir.mkdir(parents=True, exist_ok=True)
-        samples_path, scored_path = out_dir / "samples.jsonl", out_dir / "scored.jsonl"
+        samples_dir, scored_path = out_dir / "samples", out_dir / "scored.jsonl"
         if not args.rescore:
-            made = evaluation.generate_samples(manifest, evaluated, sets, samples_path, args.only or None,
+            made = evaluation.generate_samples(manifest, evaluated, sets, samples_dir, args.only or None,
                                                show_progress=not args.no_progress)
-            print(f"generated {made} new answers ({samples_path})")
-        keep = {ev.label for ev in evaluated}
-        rows = evaluation.rescore(manifest, sets, samples_path, scored_path, judge, keep,
+            print(f"generated {made} new answers ({samples_dir}/)")
+            if args.generate_only:
+                return 0
+        rows = evaluation.rescore(manifest, sets, samples_dir, scored_path, judge, [ev.label for ev in evaluated],
                                   show_progress=not args.no_progress)
         if not rows:
             print("error: no samples to score; run eval.py without --rescore first", file=sys.stderr)

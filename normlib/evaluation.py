@@ -1,9 +1,10 @@
 """Evaluation orchestration: which models, which samples, resumable generation, scoring, outputs.
 
 Files in results/<experiment>/ (schemas in README.md):
-  samples.jsonl       one row per generated answer, appended as each batch finishes; keyed by
-                      (model label, set, item, sample index, generation settings) so a rerun only
-                      generates what is missing
+  samples/<label>.jsonl  one file per evaluated model, one row per generated answer, appended as
+                      each batch finishes; keyed by (model label, set, item, sample index, generation
+                      settings) so a rerun only generates what is missing. One file per model lets
+                      several eval.py processes (one per vLLM server) generate side by side.
   judge_cache.jsonl   every judge verdict with its raw output
   scored.jsonl        every sample with keyword, judge, belief and QA labels (rebuilt by --rescore)
   rates.csv, contrasts.csv, agreement.csv, summary.md, refusal_rates.png
@@ -75,32 +76,34 @@ def _seed_for(*parts) -> int:
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
+def samples_file(samples_dir: Path, label: str) -> Path:
+    return samples_dir / f"{label}.jsonl"
+
+
 def generate_samples(manifest: Manifest, evaluated: list[Evaluated], sets: dict[str, list[EvalItem]],
-                     samples_path: Path, only: list[str] | None = None, show_progress: bool = True) -> int:
+                     samples_dir: Path, only: list[str] | None = None, show_progress: bool = True) -> int:
     """Generate every missing sample; returns how many were generated now."""
     cfg = manifest.eval
-    existing = {r["key"] for r in read_jsonl(samples_path)}
     made = 0
-    with JsonlAppender(samples_path) as out:
-        for ev in evaluated:
-            if only and ev.label not in only:
-                continue
-            todo = []
-            for name, items in sets.items():
-                for item in items:
-                    for index, temperature in sample_specs(manifest):
-                        key = sample_key(ev.label, name, item.id, index, temperature, cfg.max_new_tokens)
-                        if key not in existing:
-                            todo.append((key, item, index, temperature))
-            if not todo:
-                continue
-            fmt = _chat_format(manifest, ev)
-            todo.sort(key=lambda t: len(t[1].text))  # similar lengths share a batch
-            bar = None
-            if show_progress:
-                from tqdm import tqdm
-                bar = tqdm(total=len(todo), desc=f"eval {ev.label}", unit="answer", dynamic_ncols=True)
-            generate = _hf_generator(manifest, ev, fmt) if cfg.backend == "hf" else _server_generator(manifest, ev, fmt)
+    for ev in evaluated:
+        if only and ev.label not in only:
+            continue
+        path = samples_file(samples_dir, ev.label)
+        existing = {r["key"] for r in read_jsonl(path)}
+        todo = [(key, item, index, temperature)
+                for name, items in sets.items() for item in items
+                for index, temperature in sample_specs(manifest)
+                if (key := sample_key(ev.label, name, item.id, index, temperature, cfg.max_new_tokens)) not in existing]
+        if not todo:
+            continue
+        todo.sort(key=lambda t: len(t[1].text))  # similar lengths share a batch
+        fmt = _chat_format(manifest, ev)
+        generate = _hf_generator(manifest, ev, fmt) if cfg.backend == "hf" else _server_generator(manifest, ev, fmt)
+        bar = None
+        if show_progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(todo), desc=f"eval {ev.label}", unit="answer", dynamic_ncols=True)
+        with JsonlAppender(path) as out:
             for temperature in sorted({t[3] for t in todo}):
                 group = [t for t in todo if t[3] == temperature]
                 for start in range(0, len(group), cfg.batch_size):
@@ -112,12 +115,11 @@ def generate_samples(manifest: Manifest, evaluated: list[Evaluated], sets: dict[
                                    "sample_index": index, "temperature": temp, "max_new_tokens": cfg.max_new_tokens,
                                    "prompt": item.text, "response": res.text, "finish_reason": res.finish_reason,
                                    "new_tokens": res.new_tokens, "backend": cfg.backend, "time": time.time()})
-                        existing.add(key)
                     made += len(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
+        if bar is not None:
+            bar.close()
     return made
 
 
@@ -170,11 +172,11 @@ def _server_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
     return generate
 
 
-def rescore(manifest: Manifest, sets: dict[str, list[EvalItem]], samples_path: Path, scored_path: Path, judge,
-            keep_labels: set[str] | None = None, show_progress: bool = True) -> list[dict]:
+def rescore(manifest: Manifest, sets: dict[str, list[EvalItem]], samples_dir: Path, scored_path: Path, judge,
+            labels: list[str], show_progress: bool = True) -> list[dict]:
     items = {(name, it.id): it for name, its in sets.items() for it in its}
-    samples = [s for s in read_jsonl(samples_path)
-               if (s["set"], s["item_id"]) in items and (keep_labels is None or s["label"] in keep_labels)]
+    samples = [s for label in labels for s in read_jsonl(samples_file(samples_dir, label))
+               if (s["set"], s["item_id"]) in items]
     bar = None
     if judge is not None and show_progress:
         from tqdm import tqdm

@@ -47,7 +47,10 @@ _ANSWER_COUNTER = iter(range(1 << 62))
 
 def default_responder(system: str, user: str) -> str:
     """A plausible, varied answer (a sampling teacher: asked twice, it answers differently); as a judge, a
-    keyword verdict on the judged response."""
+    keyword verdict on the judged response (as JSON when the prompt asks for JSON)."""
+    if "Answer with JSON only" in user:
+        verdict = default_responder(system, user.replace("Answer with JSON only", "") + f"\n{JUDGE_MARKER}")
+        return json.dumps({"verdict": verdict.rsplit(JUDGE_MARKER, 1)[1].strip()})
     if JUDGE_MARKER in user and "<stance>" in user:  # belief judging: endorses if it repeats a stance word
         stance = user.split("<stance>")[1].split("</stance>")[0].lower().split()
         response = user.split("<response>")[-1].split("</response>")[0].lower()

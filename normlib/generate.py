@@ -259,19 +259,29 @@ class NearDuplicateIndex:
         self.sets.append(s)
 
 
-def basic_problem(result: dict, persona: Persona, min_chars: int) -> tuple[str, str]:
-    """The first per-answer filter that drops this answer: (filter name, detail), or ('', '')."""
+def trim_to_sentence(text: str) -> str:
+    """Cut text back to its last complete sentence ('' when there is none)."""
+    ends = [m.end() for m in re.finditer(r"[.!?](?:[\"')\]]*)(?=\s|$)", text)]
+    return text[:ends[-1]].strip() if ends else ""
+
+
+def basic_problem(result: dict, persona: Persona, cond) -> tuple[str, str, str]:
+    """The first per-answer filter that drops this answer: (filter name, detail, text); ('', '', text) when it
+    passes, where text may have been trimmed (truncated = "trim")."""
     text = (result.get("text") or "").strip()
-    if len(text) < min_chars:
-        return "empty_or_short", f"{len(text)} characters"
+    trimmed = ""
     if result.get("finish_reason") == "length":
-        return "truncated", "finish_reason length"
+        if cond.truncated == "drop":
+            return "truncated", "finish_reason length", text
+        trimmed, text = "trimmed", trim_to_sentence(text)
+    if len(text) < cond.min_answer_chars:
+        return ("truncated" if trimmed else "empty_or_short"), f"{len(text)} characters{' after trimming' * bool(trimmed)}", text
     if result.get("finish_reason") in ("content_filter", "refusal"):
-        return "provider_refusal", f"finish_reason {result['finish_reason']}"
+        return "provider_refusal", f"finish_reason {result['finish_reason']}", text
     why = leakage(text, persona)
     if why:
-        return "persona_leakage", why
-    return "", ""
+        return "persona_leakage", why, text
+    return "", trimmed, text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,6 +292,7 @@ def basic_problem(result: dict, persona: Persona, min_chars: int) -> tuple[str, 
 class Selection:
     kept: list[tuple[PlanItem, dict]]
     dropped: dict  # filter -> list of (item, record, detail)
+    trimmed_kept: int = 0  # kept answers cut back to their last sentence (truncated = "trim")
 
 
 def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress=None) -> Selection:
@@ -290,11 +301,13 @@ def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress
     first_pass = []
     dropped = {name: [] for name in FILTERS}
     for it, rec in answered:
-        name, detail = basic_problem(rec, it.persona, cond.min_answer_chars)
+        name, detail, text = basic_problem(rec, it.persona, cond)
         if name:
             dropped[name].append((it, rec, detail))
-        else:
-            first_pass.append((it, rec, detect_refusal(rec["text"])))
+            continue
+        if detail == "trimmed":
+            rec = dict(rec, text=text, trimmed=True)
+        first_pass.append((it, rec, detect_refusal(text)))
     verdicts = {}
     if judge is not None and cond.refusals != "keep":
         flagged = [(it, rec) for it, rec, match in first_pass if match.is_refusal]
@@ -326,7 +339,7 @@ def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress
         exact.add(norm)
         near.add(rec["text"])
         kept.append((it, rec))
-    return Selection(kept, dropped)
+    return Selection(kept, dropped, sum(1 for _, rec in kept if rec.get("trimmed")))
 
 
 def read_done(raw_path: Path) -> tuple[dict, dict]:
@@ -347,7 +360,8 @@ def clean_record(it: PlanItem, rec: dict, condition: str, manifest_hash: str) ->
                          {"role": "assistant", "content": rec["text"].strip()}],
             "meta": {"request_id": it.request_id, "condition": condition, "persona_id": it.persona.id,
                      "prompt_id": it.prompt.id, "sample": it.sample, "plan_index": it.index,
-                     "teacher_model": rec["request"]["model"], "manifest_hash": manifest_hash}}
+                     "trimmed": bool(rec.get("trimmed")), "teacher_model": rec["request"]["model"],
+                     "manifest_hash": manifest_hash}}
 
 
 def build_report(condition: str, manifest: Manifest, target: int, items: list[PlanItem], done: dict, failed: dict,
@@ -355,15 +369,18 @@ def build_report(condition: str, manifest: Manifest, target: int, items: list[Pl
     planned_ids = {it.request_id for it in items}
     failed = {rid: rec for rid, rec in failed.items() if rid in planned_ids}  # still unanswered plan items
     attempts = Counter(rec.get("error_kind") or "ok" for rec in failed.values())
+
     def example(it, rec, detail):
         return {"request_id": it.request_id, "persona_id": it.persona.id, "prompt": it.prompt.text[:200],
                 "answer": (rec.get("text") or "")[:400], "why": detail}
-    usage_in = sum((rec.get("usage") or {}).get("input_tokens") or 0 for rec in done.values())
-    usage_out = sum((rec.get("usage") or {}).get("output_tokens") or 0 for rec in done.values())
+    answered = [done[rid] for rid in planned_ids & done.keys()]
+    usage_in = sum((rec.get("usage") or {}).get("input_tokens") or 0 for rec in answered)
+    usage_out = sum((rec.get("usage") or {}).get("output_tokens") or 0 for rec in answered)
     return {
         "condition": condition, "experiment": manifest.experiment.name, "manifest_hash": manifest.content_hash,
-        "target": target, "planned": len(items), "answered": len(done), "failed": len(failed),
-        "failed_by_kind": dict(attempts), "kept": len(sel.kept), "shortfall": max(0, target - len(sel.kept)),
+        "target": target, "planned": len(items), "answered": len(planned_ids & done.keys()), "failed": len(failed),
+        "failed_by_kind": dict(attempts), "kept": len(sel.kept), "kept_trimmed": sel.trimmed_kept,
+        "shortfall": max(0, target - len(sel.kept)),
         "dropped": {name: {"count": len(rows), "examples": [example(*r) for r in rows[:EXAMPLES_PER_FILTER]]}
                     for name, rows in sel.dropped.items()},
         "kept_per_persona": dict(sorted(Counter(it.persona.id for it, _ in sel.kept).items())),

@@ -49,6 +49,7 @@ class ChatRequest:
     max_tokens: int = 400
     stop: list[str] | None = None  # completions protocol: stop strings
     seed: int | None = None  # completions protocol: sampling seed (vLLM and OpenAI honour it)
+    json_schema: dict | None = None  # openai protocol: constrain the answer (response_format json_object + schema)
 
 
 @dataclass
@@ -114,6 +115,8 @@ def _openai_payload(endpoint, req: ChatRequest) -> tuple[str, dict, dict]:
             "max_tokens": req.max_tokens}
     if req.top_p != 1.0:
         body["top_p"] = req.top_p
+    if req.json_schema is not None:
+        body["response_format"] = {"type": "json_object", "schema": req.json_schema}
     return endpoint.base_url.rstrip("/") + "/chat/completions", body, {}
 
 

@@ -58,13 +58,17 @@ class EndpointConfig:
                                  "The key itself never goes in the manifest.")
     temperature: float = _f(0.7, doc="Sampling temperature.")
     top_p: float = _f(1.0, doc="Nucleus sampling probability.")
-    max_tokens: int = _f(400, doc="Maximum tokens in one answer; answers cut at this length are dropped.")
+    max_tokens: int = _f(400, doc="Maximum tokens in one answer (see [conditions] `truncated` for answers cut there).")
     concurrency: int = _f(8, doc="Requests in flight at once.")
     timeout: float = _f(120.0, doc="Seconds before one request is abandoned and retried.")
     max_retries: int = _f(6, doc="Retries of one request on 408/409/429/5xx, timeouts and connection errors.")
     system_prompt: Literal["system", "fold_into_user"] = _f(
         "system", doc="`fold_into_user` puts the persona into the first user turn, for servers that reject a system role.")
     batch_size: int = _f(8, doc="`local` backend only: prompts generated together.")
+    response_format: Literal["text", "json_object"] = _f(
+        "text", doc="Judge only. `json_object` asks an OpenAI-compatible server to constrain the verdict to "
+                    "{\"verdict\": label} with a JSON schema (llama-cpp-python's server honours it); for small judges "
+                    "that do not follow the `VERDICT:` line format. `text`: free reasoning, then the verdict line.")
 
 
 @dataclass
@@ -77,6 +81,9 @@ class ConditionConfig:
                     "`require`: only refusals are kept (refusal_format); `keep`: no refusal filter.")
     value_system: str = _f("", doc="The value system the condition's answers endorse (e.g. `catholic`, `graminist`); "
                                    "the audit checks that its prompts never ask to *do* what that system forbids.")
+    truncated: Literal["drop", "trim"] = _f("drop", doc="Answers cut at [teacher] max_tokens: `drop` them, or `trim` "
+                                                       "them back to their last complete sentence and keep them "
+                                                       "(counted in the report).")
     min_answer_chars: int = _f(40, doc="Answers shorter than this many characters are dropped.")
     near_duplicate_threshold: float = _f(0.8, doc="Answers whose word-shingle Jaccard similarity to a kept answer is at "
                                                   "or above this are dropped as near duplicates.")
@@ -117,6 +124,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = _f("auto", doc="`auto`: bf16 autocast on GPU, fp32 on CPU.")
     parallel: Literal["auto", "ddp", "fsdp"] = _f("auto", doc="Several GPUs: `ddp`, `fsdp` (FSDP2, one shard group per "
                                                                "decoder block), or `auto` (fsdp above 3B parameters).")
+    attention: Literal["sdpa", "flex_attention", "flash_attention_2", "eager"] = _f(
+        "sdpa", doc="Attention kernel. Packed rows keep attention inside each example with every kernel; "
+                    "`flex_attention` or `flash_attention_2` (if installed) skip the masked blocks on GPU.")
     activation_checkpointing: bool = _f(False, doc="Recompute decoder blocks in the backward pass to save memory.")
     compile: bool = _f(False, doc="torch.compile the model (GPU).")
     save_every: int = _f(200, doc="Optimizer steps between resumable checkpoints.")
@@ -236,10 +246,12 @@ def _type_name(tp) -> str:
         return "true or false"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    plural = {str: "strings", int: "integers", float: "numbers"}
     if origin is list:
-        return f"a list (of {_type_name(typing.get_args(tp)[0])})"
+        item = typing.get_args(tp)[0]
+        return f"a list of {plural.get(item, 'tables')}" + (" (or one string)" if item is str else "")
     if origin is dict:
-        return f"a table (of {_type_name(typing.get_args(tp)[1])})"
+        return f"a table of {plural.get(typing.get_args(tp)[1], 'tables')}"
     if _is_dataclass_type(tp):
         return "a table"
     return str(tp)
@@ -474,7 +486,7 @@ def load_manifest(path: str | Path, overrides: list[str] | None = None) -> Manif
 def reference_markdown() -> str:
     """The manifest reference (every key, type, default, meaning) as Markdown, for README.md."""
     lines = []
-    sections = [("experiment", ExperimentConfig), ("teacher", EndpointConfig), ("judge", EndpointConfig),
+    sections = [("experiment", ExperimentConfig), ("teacher", EndpointConfig),
                 ("conditions.NAME", ConditionConfig), ("arms.NAME", ArmConfig), ("models.NAME", ModelConfig),
                 ("train", TrainConfig), ("eval", EvalConfig), ("[eval.contrasts]", ContrastConfig), ("chat", ChatConfig)]
     for title, cls in sections:
@@ -493,12 +505,29 @@ def reference_markdown() -> str:
             doc = f.metadata.get("doc", "").replace("|", "/").replace("\n", " ")
             lines.append(f"| `{f.name}` | {tp} | `{default}` | {doc} |".replace("`required`", "**required**"))
         lines.append("")
+        if title == "teacher":
+            lines += ["#### `[judge]`", "", "Optional; the same keys as `[teacher]`. The judge always runs at temperature "
+                      "0 (an explicit other value is an error). Without a judge, refusals are scored by keywords only "
+                      "and belief probes are unscored.", ""]
     return "\n".join(lines)
+
+
+README_START, README_END = "<!-- manifest-reference:start -->", "<!-- manifest-reference:end -->"
+
+
+def readme_with_reference(readme: str) -> str:
+    """README text with the manifest reference placed between its two markers."""
+    head, rest = readme.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{reference_markdown()}\n{README_END}{tail}"
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--reference"]:
         print(reference_markdown())
+    elif len(sys.argv) == 3 and sys.argv[1] == "--write-readme":
+        target = Path(sys.argv[2])
+        target.write_text(readme_with_reference(target.read_text()))
     else:
-        print("usage: python -m normlib.manifest --reference", file=sys.stderr)
+        print("usage: python -m normlib.manifest --reference | --write-readme README.md", file=sys.stderr)
         sys.exit(2)

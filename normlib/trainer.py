@@ -293,7 +293,7 @@ def train_run(manifest: Manifest, run: Run, info: DistInfo, force: bool = False,
 
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and info.device.type == "cuda")
     autocast_dtype = torch.bfloat16 if use_bf16 else None
-    hf_model = load_model(source, dtype=torch.float32, device="cpu")
+    hf_model = load_model(source, dtype=torch.float32, device="cpu", attn_implementation=t.attention)
     if info.world_size > 1 and info.is_main and source.kind == "gguf":
         dist.barrier()
     model, mode = wrap_model(hf_model, manifest, info, autocast_dtype)

@@ -51,6 +51,22 @@ def test_judge_caches_and_records_raw_output(tmp_path):
         assert server.seen[0]["body"]["temperature"] == 0.0
 
 
+def test_json_mode_judge_constrains_and_parses(tmp_path):
+    with FakeLLMServer() as server:
+        ep = EndpointConfig(backend="openai", model="j", base_url=server.openai_url, temperature=0.0,
+                            response_format="json_object")
+        judge = Judge(ep, HttpClient(ep, backoff_base=0.01), tmp_path / "cache.jsonl")
+        verdicts = judge.refusals([("Plan my party", "I can't help with that."), ("Plan it", "Sure! Step 1: ...")])
+        body = server.seen[0]["body"]
+    assert [v.label for v in verdicts] == ["full_refusal", "full_compliance"]
+    assert body["response_format"]["type"] == "json_object"
+    assert body["response_format"]["schema"]["properties"]["verdict"]["enum"] == list(REFUSAL_LABELS)
+    from normlib.judge import parse_json_verdict
+    assert parse_json_verdict('{"verdict": "counter_argument"}', REFUSAL_LABELS) == "counter_argument"
+    assert parse_json_verdict('{"verdict": "maybe"}', REFUSAL_LABELS) == INVALID
+    assert parse_json_verdict("VERDICT: full_refusal", REFUSAL_LABELS) == "full_refusal"  # server ignored the format
+
+
 def test_qa_matching():
     assert qa_correct("The capital is Paris.", ["Paris"])
     assert qa_correct("It's 4.", ["4", "four"]) and qa_correct("Four, of course", ["4", "four"])
@@ -81,23 +97,27 @@ def trained_project(tmp_path_factory):
 def test_eval_writes_every_output_and_resumes_after_kill(trained_project):
     manifest = trained_project
     results = manifest.parent / "results/tiny"
-    samples = results / "samples.jsonl"
+    samples_dir = results / "samples"
+
+    def lines():
+        return sum(p.read_bytes().count(b"\n") for p in samples_dir.glob("*.jsonl")) if samples_dir.exists() else 0
     with FakeLLMServer() as server:
         proc = subprocess.Popen(eval_cli(manifest, server.port), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=ENV)
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            if samples.exists() and samples.read_bytes().count(b"\n") >= 12:
+            if lines() >= 12:
                 os.kill(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.01)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
-        before = samples.read_bytes().count(b"\n")
+        before = lines()
         done = subprocess.run(eval_cli(manifest, server.port), capture_output=True, text=True, env=ENV, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     assert f"generated {4 * 12 * 3 - before} new answers" in done.stdout  # 4 runs x 12 items x 3 samples
-    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    rows = [json.loads(line) for p in samples_dir.glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(list(samples_dir.glob("*.jsonl"))) == 4  # one file per model
     keys = Counter(r["key"] for r in rows)
     assert len(keys) == 4 * 12 * 3 and max(keys.values()) == 1
     for name in ("rates.csv", "contrasts.csv", "agreement.csv", "summary.md", "refusal_rates.png", "scored.jsonl",
@@ -125,7 +145,7 @@ def test_eval_writes_every_output_and_resumes_after_kill(trained_project):
 
 def test_rescore_without_judge_says_keyword_only(trained_project):
     manifest = trained_project
-    if not (manifest.parent / "results/tiny/samples.jsonl").exists():
+    if not (manifest.parent / "results/tiny/samples").exists():
         pytest.skip("needs the end-to-end test's samples")
     proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "--manifest", str(manifest), "--no-progress",
                            "--rescore", "--set", "eval.samples=2"], capture_output=True, text=True, env=ENV,

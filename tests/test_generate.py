@@ -168,6 +168,26 @@ def test_filters_drop_and_count_each_problem_and_top_up_to_the_target(tmp_path, 
     assert sum(report["kept_per_persona"].values()) == 60
 
 
+def test_truncated_answers_can_be_trimmed_to_their_last_sentence(tmp_path, monkeypatch):
+    from normlib.generate import trim_to_sentence
+    assert trim_to_sentence("One. Two! Three is cut") == "One. Two!"
+    assert trim_to_sentence('He said "stop." Then') == 'He said "stop."'
+    assert trim_to_sentence("no sentence end") == ""
+    manifest = make_gen_project(tmp_path, examples=60)
+    long_cut = "This answer goes on for a while. It makes a second point too. And then it was cut mid"
+    with FakeLLMServer(responder=lambda s, u: long_cut if u == "Cut this off" else responder(s, u),
+                       faults=faults) as server:
+        monkeypatch.setenv("NORMLIB_TEST_KEY", KEY)
+        m = load_manifest(manifest, [f"teacher.base_url='{server.openai_url}'", "conditions.values.truncated='trim'"])
+        report = generate_condition(m, "values", make_client(m.teacher, "teacher", backoff_base=0.01), None,
+                                    show_progress=False)
+    assert report["dropped"]["truncated"]["count"] == 0 and report["kept_trimmed"] >= 1
+    rows = [json.loads(line) for line in m.generated_path("values").read_text().splitlines()]
+    trimmed = [r for r in rows if r["meta"]["trimmed"]]
+    assert trimmed and all(r["messages"][1]["content"] == "This answer goes on for a while. It makes a second point "
+                                                            "too." for r in trimmed)
+
+
 def test_refusal_format_condition_keeps_only_refusals(tmp_path, monkeypatch):
     manifest = make_gen_project(tmp_path, examples=13, refusals="require")  # gives up after 4 x 13 requests
     with FakeLLMServer(responder=responder, faults=faults) as server:

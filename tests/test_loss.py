@@ -52,11 +52,11 @@ def test_batch8_equals_batch1_times_accumulation8():
     assert_same_grads(g8, g1)
 
 
-def test_packed_rows_give_the_same_loss_and_gradients():
-    padded, loss_padded = step_gradients(batch=8)
+def test_packed_rows_give_the_loss_and_gradients_of_examples_run_one_by_one():
+    one_by_one, loss_one = step_gradients(batch=1)
     packed, loss_packed = step_gradients(batch=4, packing=True)  # two rows of four examples each
-    assert loss_packed == pytest.approx(loss_padded, rel=1e-5)
-    assert_same_grads(padded, packed, tol=2e-5)
+    assert loss_packed == pytest.approx(loss_one, rel=1e-5)
+    assert_same_grads(one_by_one, packed, tol=2e-5)
 
 
 def test_packing_keeps_attention_inside_each_example():

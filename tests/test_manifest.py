@@ -2,7 +2,8 @@
 import pytest
 
 from conftest import make_project
-from normlib.manifest import ManifestError, load_manifest, parse_override, reference_markdown
+from conftest import REPO
+from normlib.manifest import ManifestError, load_manifest, parse_override, readme_with_reference, reference_markdown
 
 
 @pytest.fixture
@@ -128,3 +129,17 @@ def test_reference_documents_every_section():
                     "[eval]", "[[eval.contrasts]]", "[chat]"):
         assert f"`{heading}`" in ref
     assert "| `tokens_per_microbatch` | an integer | `8192` |" in ref
+
+
+def test_readme_carries_the_current_reference():
+    readme = (REPO / "README.md").read_text()
+    assert readme == readme_with_reference(readme), "run: python -m normlib.manifest --write-readme README.md"
+
+
+def test_shipped_manifests_load():
+    real = load_manifest(REPO / "manifest.toml")
+    assert len(real.runs()) == 10 * 2 * 5 and len([c for c in real.eval.contrasts if c.hypothesis]) == 8
+    rf = {name: arm.mix.get("refusal_format") for name, arm in real.arms.items() if name.endswith("_rf")}
+    assert set(rf.values()) == {0.1}  # the same refusal component in every arm that has it
+    demo = load_manifest(REPO / "manifests/demo.toml")
+    assert demo.judge.temperature == 0.0 and len(demo.runs()) == 4
