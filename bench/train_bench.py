@@ -166,7 +166,9 @@ def main():
     header = (f"\n### train_bench {time.strftime('%Y-%m-%d')}: {machine}, size {args.size}, torch {torch.__version__}, "
               f"transformers {transformers.__version__}\n\n"
               f"Naive batch {args.batch} examples; normlib token budget {args.tokens_per_microbatch}; "
-              f"{args.steps} timed micro-batches after {args.warm} warm-up.\n\n"
+              f"{args.steps} timed micro-batches after {args.warm} warm-up."
+              f"{' Peak memory on CPU is the process maximum so far, not per variant.' if device.type == 'cpu' else ''}"
+              "\n\n"
               "| variant | real tokens/s | vs naive | padding | peak memory GiB | MFU |\n|---|---|---|---|---|---|\n")
     table = "".join(f"| {r['variant']} | {r.get('real_tokens_per_s', r.get('real_tok_per_s', ''))} | "
                     f"{r.get('vs_naive', '')} | {r.get('padding_fraction', r.get('pad_frac', ''))} | "

@@ -94,5 +94,13 @@ def load_state(folder: Path, model, optimizer, rank: int) -> dict:
 
 
 def full_model_state_dict(hf_model) -> dict:
-    """Collective: the complete, unsharded state dict on CPU (rank 0 gets it; others get an empty dict)."""
-    return get_model_state_dict(hf_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    """Collective: the complete, unsharded state dict on CPU (rank 0 gets it; others get an empty dict).
+    Tied parameters (e.g. lm_head = embed_tokens) appear once, as save_pretrained expects."""
+    state = get_model_state_dict(hf_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first_name = {}
+    for name, param in hf_model.named_parameters(remove_duplicate=False):
+        if id(param) in first_name:
+            state.pop(name, None)
+        else:
+            first_name[id(param)] = name
+    return state

@@ -71,6 +71,9 @@ def default_responder(system: str, user: str) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes; with Nagle's algorithm and the client's delayed ACK each
+    # response would stall ~40 ms (real servers such as uvicorn set TCP_NODELAY too).
+    disable_nagle_algorithm = True
     server: "_Server"
 
     def log_message(self, *args):  # keep test output clean

@@ -119,8 +119,10 @@ class TrainConfig:
     max_len: int = _f(1024, doc="Maximum tokens per example (prompt + answer); longer examples are dropped and counted.")
     tokens_per_microbatch: int = _f(8192, doc="Token budget of one micro-batch per GPU (padding included).")
     grad_accum: int = _f(1, doc="Micro-batches per GPU per optimizer step.")
-    packing: bool = _f(True, doc="Pack several examples per row with attention kept inside each example; "
-                                 "false = one example per row, rows of similar length.")
+    packing: bool = _f(False, doc="Pack several examples per row, attention kept inside each example (pays off "
+                                  "with `flex_attention`/`flash_attention_2`; with `sdpa` the masked attention costs "
+                                  "more than the ~2% padding it saves). false: one example per row, rows of similar "
+                                  "length.")
     precision: Literal["auto", "bf16", "fp32"] = _f("auto", doc="`auto`: bf16 autocast on GPU, fp32 on CPU.")
     parallel: Literal["auto", "ddp", "fsdp"] = _f("auto", doc="Several GPUs: `ddp`, `fsdp` (FSDP2, one shard group per "
                                                                "decoder block), or `auto` (fsdp above 3B parameters).")

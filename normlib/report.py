@@ -372,7 +372,7 @@ def plot_refusal_rates(path: Path, run_rows: list[dict], arm_rows: list[dict]) -
     ax.set_xticklabels(sets, rotation=20, ha="right")
     ax.set_ylabel("refusal rate (fraction of responses)")
     ax.set_ylim(0, 1)
-    ax.set_title("Refusal rate by arm and eval set (bars: 95% interval; dots: seeds)")
+    ax.set_title("Refusal rate by arm and eval set (error bars: 95% interval; dots: seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
