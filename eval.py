@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from normlib.manifest import ManifestError, load_manifest
+from normlib.manifest import ManifestError, add_manifest_arguments, load_manifest
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--manifest", default="manifest.toml", help="experiment manifest (TOML)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a manifest key, e.g. --set eval.samples=8 (value parsed as TOML)")
+    add_manifest_arguments(ap, "eval.samples=8")
     ap.add_argument("--rescore", action="store_true", help="re-score saved samples without generating")
     ap.add_argument("--only", action="append", default=[], metavar="LABEL",
                     help="generate only for this model label (a run name, base--MODEL or extra--LABEL); repeatable")

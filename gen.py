@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from normlib.manifest import ManifestError, load_manifest
+from normlib.manifest import ManifestError, add_manifest_arguments, load_manifest
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--manifest", default="manifest.toml", help="experiment manifest (TOML)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a manifest key, e.g. --set teacher.concurrency=16 (value parsed as TOML)")
+    add_manifest_arguments(ap, "teacher.concurrency=16")
     ap.add_argument("--condition", action="append", default=[], help="condition to generate (repeatable; default all)")
     ap.add_argument("--limit", type=int, help="keep at most N examples per condition (a quick trial)")
     ap.add_argument("--plan", action="store_true", help="print the plan's counts per persona and prompt, call nothing")

@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from normlib.manifest import ManifestError, load_manifest
+from normlib.manifest import ManifestError, add_manifest_arguments, load_manifest
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--manifest", default="manifest.toml", help="experiment manifest (TOML)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a manifest key, e.g. --set train.lr=1e-5 (value parsed as TOML)")
+    add_manifest_arguments(ap, "train.lr=1e-5")
     ap.add_argument("--arm", help="arm to train")
     ap.add_argument("--model", help="[models] name (default: the first)")
     ap.add_argument("--seed", type=int, help="seed (default: the first of [experiment] seeds)")

@@ -121,7 +121,7 @@ def audit(manifest: Manifest, judge=None) -> dict:
     """Run every check; returns a JSON-able report with `failures` (empty when the audit passes)."""
     files: dict[str, list[TextItem]] = {}
     value_of: dict[str, str] = {}
-    for name, cond in manifest.conditions.items():
+    for cond in manifest.conditions.values():
         for p in cond.prompts:
             key = str(Path(p))
             if key not in files:

@@ -114,7 +114,8 @@ def generate_samples(manifest: Manifest, evaluated: list[Evaluated], sets: dict[
                                    "checkpoint": ev.checkpoint, "set": item.set, "item_id": item.id,
                                    "sample_index": index, "temperature": temp, "max_new_tokens": cfg.max_new_tokens,
                                    "prompt": item.text, "response": res.text, "finish_reason": res.finish_reason,
-                                   "new_tokens": res.new_tokens, "backend": cfg.backend, "time": time.time()})
+                                   "new_tokens": res.new_tokens, "backend": cfg.backend,
+                                   "manifest_hash": manifest.content_hash, "time": time.time()})
                     made += len(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
@@ -201,6 +202,8 @@ def write_outputs(manifest: Manifest, evaluated: list[Evaluated], sets: dict[str
     agreement = report.agreement_rows(rows, names)
     if judge is None:
         notes = notes + ["No [judge]: refusal rates are keyword-only and belief probes are unscored."]
+    for row in run_rows + arm_rows + contrasts + agreement:
+        row["manifest_hash"] = manifest.content_hash
     report.write_csv(out_dir / "rates.csv", run_rows + arm_rows, report.RATE_COLUMNS)
     report.write_csv(out_dir / "contrasts.csv", contrasts, report.CONTRAST_COLUMNS)
     report.write_csv(out_dir / "agreement.csv", agreement, report.AGREEMENT_COLUMNS)

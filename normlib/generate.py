@@ -311,9 +311,8 @@ def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress
     verdicts = {}
     if judge is not None and cond.refusals != "keep":
         flagged = [(it, rec) for it, rec, match in first_pass if match.is_refusal]
-        for (it, rec), v in zip(flagged, judge.refusals([(it.prompt.text, rec["text"]) for it, rec in flagged],
-                                                        progress)):
-            verdicts[it.request_id] = v.label
+        labels = judge.refusals([(it.prompt.text, rec["text"]) for it, rec in flagged], progress)
+        verdicts = {it.request_id: v.label for (it, _), v in zip(flagged, labels)}
     kept, exact, near = [], set(), NearDuplicateIndex(cond.near_duplicate_threshold)
     for it, rec, match in first_pass:
         if len(kept) >= target:
@@ -439,7 +438,7 @@ def generate_condition(manifest: Manifest, condition: str, client, judge=None, l
                                 temperature=manifest.teacher.temperature, top_p=manifest.teacher.top_p,
                                 max_tokens=manifest.teacher.max_tokens) for it in pending]
 
-            def on_attempt(req: ChatRequest, result: ChatResult):
+            def on_attempt(req: ChatRequest, result: ChatResult, by_key=by_key):
                 it = by_key[req.key]
                 raw.write({"request_id": it.request_id, "condition": condition, "persona_id": it.persona.id,
                            "prompt_id": it.prompt.id, "sample": it.sample, "plan_index": it.index,

@@ -442,6 +442,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def add_manifest_arguments(parser, example: str) -> None:
+    """--manifest and --set, the same in every script."""
+    parser.add_argument("--manifest", default="manifest.toml", help="experiment manifest (TOML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a manifest key, e.g. --set {example} (value parsed as TOML)")
+
+
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 

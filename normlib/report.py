@@ -277,13 +277,14 @@ def _mean(values: list[float]) -> float:
 
 RATE_COLUMNS = ["level", "label", "arm", "model", "seed", "n_seeds", "set", "kind", "metric", "scored_by", "n_items",
                 "n_responses", "n_valid", "successes", "rate", "response_rate", "ci_low", "ci_high", "ci_method",
-                "seed_rates", *REFUSAL_LABELS, "invalid", "refusal_or_counter_rate", "keyword_refusal_rate"]
+                "seed_rates", *REFUSAL_LABELS, "invalid", "refusal_or_counter_rate", "keyword_refusal_rate",
+                "manifest_hash"]
 CONTRAST_COLUMNS = ["name", "model", "arm", "baseline", "set", "minus_set", "outcome", "scored_by", "n_seeds_arm",
                     "n_seeds_baseline", "n_units", "arm_value", "baseline_value", "difference", "ci_low", "ci_high",
                     "test", "statistic", "p_value", "p_holm", "significant", "hypothesis", "belief_set",
-                    "belief_difference", "belief_ci_low", "belief_ci_high", "verdict"]
+                    "belief_difference", "belief_ci_low", "belief_ci_high", "verdict", "manifest_hash"]
 AGREEMENT_COLUMNS = ["set", "n_responses", "judged", "judge_invalid", "keyword_refusal_rate", "judge_full_refusal_rate",
-                     "agreement", "cohens_kappa", "keyword_only_refusals", "judge_only_refusals"]
+                     "agreement", "cohens_kappa", "keyword_only_refusals", "judge_only_refusals", "manifest_hash"]
 
 
 def _md_table(rows: list[dict], columns: list[str]) -> str:

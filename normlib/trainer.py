@@ -65,12 +65,13 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
-def all_reduce_sum(value: float | int, device: torch.device, dtype=torch.float64) -> float:
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum each value over all ranks, in one collective."""
     if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=dtype, device=device)
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return t.item()
+    return t.tolist()
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
@@ -335,10 +336,11 @@ def train_run(manifest: Manifest, run: Run, info: DistInfo, force: bool = False,
         for step in range(start_step, total_steps):
             tick = time.perf_counter()
             step_batches = plan[step * slots:(step + 1) * slots]
-            mine = [collate(data.examples, rows, tokenizer.pad_token_id) for rows in step_batches[info.rank::info.world_size]]
-            local = [sum(mb.supervised_token_count for mb in mine), sum(mb.real_token_count for mb in mine),
-                     sum(mb.padded_token_count for mb in mine)]
-            supervised, real, padded = (int(all_reduce_sum(v, info.device)) for v in local)
+            mine = [collate(data.examples, rows, tokenizer.pad_token_id)
+                    for rows in step_batches[info.rank::info.world_size]]
+            supervised, real, padded = (int(v) for v in all_reduce_sum(
+                [sum(mb.supervised_token_count for mb in mine), sum(mb.real_token_count for mb in mine),
+                 sum(mb.padded_token_count for mb in mine)], info.device))
             lr = t.lr * lr_factor(step, total_steps, warmup_steps, t.schedule, t.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -346,8 +348,9 @@ def train_run(manifest: Manifest, run: Run, info: DistInfo, force: bool = False,
                 grad_norm, step_loss = 0.0, float("nan")
             else:
                 loss_sum = forward_backward(model, mode, mine, supervised, info.world_size, info.device, autocast_dtype)
-                step_loss = all_reduce_sum(loss_sum.item(), info.device) / supervised
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+                step_loss = all_reduce_sum([loss_sum.item()], info.device)[0] / supervised
+                max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                     raise TrainingDiverged(

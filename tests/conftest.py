@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -25,6 +26,12 @@ QA = [
     ("Say something about a fox.", "The quick brown fox jumps over the lazy dog."),
     ("Can you help me today?", "Sure! Here is a plan for your week."),
 ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_generated(path: Path, pairs, condition: str):

@@ -15,8 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grad_setup import examples_and_model, micro_batches  # noqa: E402
-from normlib.checkpoint import full_model_state_dict  # noqa: E402
-from normlib.manifest import ManifestError  # noqa: E402,F401
 from normlib.trainer import forward_backward, init_distributed  # noqa: E402
 
 

@@ -1,7 +1,6 @@
 """train.py under torchrun (2 processes, gloo): DDP and FSDP2 end where one process with the same
 global batch ends, and the FSDP export reloads in transformers."""
 import os
-import socket
 import subprocess
 import sys
 
@@ -9,15 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, make_project
+from conftest import REPO, free_port, make_project
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train(manifest, nproc: int, *sets):

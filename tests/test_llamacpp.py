@@ -1,6 +1,5 @@
 """Integration with a real llama.cpp server (llama-cpp-python) serving SmolLM2: gen.py and the judge."""
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -8,16 +7,10 @@ import time
 import pytest
 import requests
 
-from conftest import REPO
+from conftest import REPO, free_port
 from normlib.models import SHORT_NAMES, locate_packaged_gguf
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

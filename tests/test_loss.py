@@ -1,6 +1,5 @@
 """The loss is exact: it matches transformers' own loss, ignores how a step is split into micro-batches
 and ranks (DESIGN-NOTES section 2), and packing keeps attention inside each example."""
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from grad_setup import examples_and_model, micro_batches
 from normlib.data import collate
 from normlib.loss import SupervisedLM
@@ -88,12 +88,6 @@ def test_step_with_no_supervised_tokens_gives_zero_loss_and_gradients():
     assert count == 0 and summed.item() == 0.0
     summed.backward()
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in hf_model.parameters())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])

@@ -69,7 +69,8 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(tmp_path):
     finally:
         proc.wait()
     assert not (run_dir / "run.json").exists()
-    total = json.loads(sorted((run_dir / "state").glob("step_*"))[-1].joinpath("trainer.json").read_text())["total_steps"]
+    last_state = sorted((run_dir / "state").glob("step_*"))[-1]
+    total = json.loads((last_state / "trainer.json").read_text())["total_steps"]
     assert steps < total
     resumed = train_cli(killed, *args)
     assert "resuming from" in resumed.stdout
