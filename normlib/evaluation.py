@@ -145,7 +145,7 @@ def _hf_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
 
 def _server_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
     """A vLLM (or other OpenAI-compatible) server serving this checkpoint under the model name ev.label."""
-    from normlib.llm import ChatRequest, HttpClient
+    from normlib.llm import ChatRequest, FatalLLMError, HttpClient
     from normlib.manifest import EndpointConfig
     from normlib.sampling import Generation
 
@@ -164,7 +164,7 @@ def _server_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
         for i in range(len(prompts)):
             res = results[i]
             if not res.ok:
-                raise RuntimeError(f"eval server at {manifest.eval.base_url} failed for model '{ev.label}': "
+                raise FatalLLMError(f"eval server at {manifest.eval.base_url} failed for model '{ev.label}': "
                                    f"{res.error}")
             text, _ = fmt.split_response(res.text)
             out.append(Generation(text, "length" if res.finish_reason == "length" else "stop",

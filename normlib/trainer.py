@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from normlib import checkpoint as ckpt
 from normlib.chat import ChatFormat, EncodedExample, encode_example
-from normlib.data import MicroBatch, collate, file_sha256, load_chat_examples, mix_arm, plan_microbatches
+from normlib.data import DataError, MicroBatch, collate, file_sha256, load_chat_examples, mix_arm, plan_microbatches
 from normlib.jsonl import JsonlAppender, read_jsonl, write_jsonl_atomic
 from normlib.loss import SupervisedLM
 from normlib.manifest import Manifest, Run
@@ -281,15 +281,15 @@ def train_run(manifest: Manifest, run: Run, info: DistInfo, force: bool = False,
     fmt = ChatFormat.from_config(manifest.chat)
     data = prepare_arm_data(manifest, run, tokenizer, fmt)
     if not data.examples:
-        raise RuntimeError(f"[{run.name}] no training examples left after dropping those over max_len {t.max_len}")
+        raise DataError(f"[{run.name}] no training examples left after dropping those over [train] max_len {t.max_len}")
     slots = info.world_size * t.grad_accum
     plan, left_out = step_plan([len(e) for e in data.examples], manifest, run.seed, slots)
     total_steps = len(plan) // slots
     if t.max_steps:
         total_steps = min(total_steps, t.max_steps)
     if total_steps == 0:
-        raise RuntimeError(f"[{run.name}] {len(data.examples)} examples make fewer micro-batches than one optimizer "
-                           f"step needs ({slots}); lower grad_accum or tokens_per_microbatch")
+        raise DataError(f"[{run.name}] {len(data.examples)} examples make fewer micro-batches than one optimizer "
+                        f"step needs ({slots}); lower [train] grad_accum or tokens_per_microbatch")
     warmup_steps = int(t.warmup_ratio * total_steps)
 
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and info.device.type == "cuda")
@@ -311,8 +311,8 @@ def train_run(manifest: Manifest, run: Run, info: DistInfo, force: bool = False,
         state = ckpt.load_state(states[-1], model, optimizer, info.rank)
         start_step, loss_history = state["step"], state.get("loss_history", [])
         if state.get("total_steps") != total_steps:
-            raise RuntimeError(f"[{run.name}] the saved state at {states[-1]} was made for {state.get('total_steps')} "
-                               f"steps, this manifest gives {total_steps}; use --force to start again")
+            raise DataError(f"[{run.name}] the saved state at {states[-1]} was made for {state.get('total_steps')} "
+                            f"steps, this manifest gives {total_steps}; use --force to start again")
         if info.is_main:
             print(f"[{run.name}] resuming from {states[-1]} (step {start_step} of {total_steps})")
     log_path = run_dir / "train_log.jsonl"
