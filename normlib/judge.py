@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normlib.jsonl import JsonlAppender, read_jsonl
-from normlib.llm import ChatRequest
+from normlib.llm import ChatRequest, FatalLLMError
 
 REFUSAL_LABELS = ("full_compliance", "compliance_with_objection", "counter_argument", "full_refusal")
 BELIEF_LABELS = ("endorses", "rejects", "neutral")
@@ -130,10 +130,11 @@ class Verdict:
 
 
 def _judge_identity(endpoint) -> dict:
+    """What determines a verdict (the server's address does not: a server can move without invalidating
+    the cache)."""
     json_mode = endpoint.response_format == "json_object"
-    return {"backend": endpoint.backend, "model": endpoint.model, "base_url": endpoint.base_url,
-            "max_tokens": endpoint.max_tokens, "response_format": endpoint.response_format,
-            "prompt": template_hash(json_mode)}
+    return {"backend": endpoint.backend, "model": endpoint.model, "max_tokens": endpoint.max_tokens,
+            "response_format": endpoint.response_format, "prompt": template_hash(json_mode)}
 
 
 class Judge:
@@ -148,7 +149,7 @@ class Judge:
 
     @property
     def description(self) -> dict:
-        return dict(self.identity)
+        return dict(self.identity, base_url=self.endpoint.base_url)
 
     def _key(self, kind: str, *texts: str) -> str:
         blob = json.dumps([kind, self.identity, *texts], ensure_ascii=False)
@@ -164,6 +165,7 @@ class Judge:
                           "required": ["verdict"]} if self.json_mode else None
                 todo[key] = ChatRequest(key=key, user=user, system=JUDGE_SYSTEM, temperature=0.0, top_p=1.0,
                                         max_tokens=self.endpoint.max_tokens, json_schema=schema)
+        failures = []
         if todo:
             with JsonlAppender(self.cache_path) as out:
                 def on_result(req, result):
@@ -175,10 +177,15 @@ class Judge:
                         out.write(record)
                         self._cache[req.key] = record
                     else:
-                        self._cache.setdefault(req.key, record)
+                        failures.append(result.error or result.error_kind)
                     if progress is not None:
                         progress.update(1)
                 self.client.map(list(todo.values()), on_result)
+        if failures:
+            # "invalid" means the judge answered but not with a verdict; a call that failed is not a verdict at all
+            raise FatalLLMError(f"{len(failures)} of {len(todo)} judge calls failed after retries (last: "
+                                f"{failures[-1][:200]}); the {len(todo) - len(failures)} verdicts obtained are cached "
+                                f"in {self.cache_path}, rerun when the judge is reachable")
         return [Verdict(self._cache[k]["label"], self._cache[k]["raw"], self._cache[k].get("error", "")) for k in keys]
 
     def refusals(self, items: list[tuple[str, str]], progress=None) -> list[Verdict]:

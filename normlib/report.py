@@ -362,8 +362,9 @@ def plot_refusal_rates(path: Path, run_rows: list[dict], arm_rows: list[dict]) -
             x = j - 0.4 + width * (k + 0.5)
             xs.append(x)
             ys.append(r["rate"])
-            lows.append(r["rate"] - r["ci_low"] if not math.isnan(r["ci_low"]) else 0)
-            highs.append(r["ci_high"] - r["rate"] if not math.isnan(r["ci_high"]) else 0)
+            # the rate is a mean over items; a response-level interval may not straddle it exactly
+            lows.append(max(0.0, r["rate"] - r["ci_low"]) if not math.isnan(r["ci_low"]) else 0)
+            highs.append(max(0.0, r["ci_high"] - r["rate"]) if not math.isnan(r["ci_high"]) else 0)
             if level == "arm" and r.get("seed_rates"):
                 dots = [float(v) for v in r["seed_rates"].split()]
                 ax.scatter([x] * len(dots), dots, color="black", s=10, zorder=3)

@@ -27,7 +27,10 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
+    # at 0 or n successes the bound is exactly 0 or 1; rounding would leave it just inside
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return (low, high)
 
 
 def cluster_bootstrap_mean(rates: np.ndarray, samples: int, seed: int = 0) -> tuple[float, float]:

@@ -51,6 +51,21 @@ def test_judge_caches_and_records_raw_output(tmp_path):
         assert server.seen[0]["body"]["temperature"] == 0.0
 
 
+def test_failed_judge_calls_are_an_error_not_invalid_verdicts(tmp_path):
+    from normlib.llm import FatalLLMError
+    with FakeLLMServer(faults=lambda n, body: "503" if "second" in body["messages"][-1]["content"] else None) as server:
+        ep = EndpointConfig(backend="openai", model="j", base_url=server.openai_url, max_retries=1)
+        judge = Judge(ep, HttpClient(ep, backoff_base=0.01), tmp_path / "cache.jsonl")
+        with pytest.raises(FatalLLMError, match="1 of 2 judge calls failed"):
+            judge.refusals([("first", "I can't help with that."), ("second", "Sure.")])
+    cached = [json.loads(line) for line in (tmp_path / "cache.jsonl").read_text().splitlines()]
+    assert len(cached) == 1 and cached[0]["label"] == "full_refusal"  # the good verdict is kept
+    with FakeLLMServer() as other:  # the judge moved to another port: the cache still answers
+        ep2 = EndpointConfig(backend="openai", model="j", base_url=other.openai_url, max_retries=1)
+        verdicts = Judge(ep2, HttpClient(ep2), tmp_path / "cache.jsonl").refusals([("first", "I can't help with that.")])
+        assert other.count == 0 and verdicts[0].label == "full_refusal"
+
+
 def test_json_mode_judge_constrains_and_parses(tmp_path):
     with FakeLLMServer() as server:
         ep = EndpointConfig(backend="openai", model="j", base_url=server.openai_url, temperature=0.0,

@@ -15,6 +15,8 @@ def test_wilson_textbook_values():
     lo, hi = wilson_interval(0, 20)
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
     assert wilson_interval(20, 20)[1] == 1.0
+    for n in range(1, 40):  # exact bounds at the extremes, whatever the rounding
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
 
 
