@@ -45,16 +45,15 @@ def main(argv=None) -> int:
     try:
         if args.plan:
             return print_plan(manifest, conditions, args.limit)
-        if args.audit:
-            from normlib.audit import run_audit
-            return run_audit(manifest, show_progress=not args.no_progress)
-        client = make_client(manifest.teacher, "teacher", manifest.root, manifest.experiment.generation_seed)
         judge = None
         if manifest.judge is not None:
             from normlib.judge import Judge
-            judge_client = client if manifest.judge == manifest.teacher else \
-                make_client(manifest.judge, "judge", manifest.root)
-            judge = Judge(manifest.judge, judge_client, manifest.generated_path("judge_cache"))
+            judge = Judge(manifest.judge, make_client(manifest.judge, "judge", manifest.root),
+                          manifest.generated_path("judge_cache"))
+        if args.audit:
+            from normlib.audit import run_audit
+            return run_audit(manifest, judge)
+        client = make_client(manifest.teacher, "teacher", manifest.root, manifest.experiment.generation_seed)
         reports = []
         for condition in conditions:
             reports.append(generate_condition(manifest, condition, client, judge, args.limit,

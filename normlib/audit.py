@@ -206,7 +206,7 @@ def audit(manifest: Manifest, judge=None) -> dict:
             "failures": failures}
 
 
-def run_audit(manifest: Manifest, judge=None, show_progress: bool = True) -> int:
+def run_audit(manifest: Manifest, judge=None) -> int:
     result = audit(manifest, judge)
     out = manifest.generated_path("audit", ".json")
     out.parent.mkdir(parents=True, exist_ok=True)

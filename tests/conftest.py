@@ -96,6 +96,22 @@ EVAL_SETS = {
            {"id": "q1", "text": "What is 2 + 2?", "kind": "qa", "gold": ["4", "four"]}],
 }
 
+EVAL_SETS_TOML = """
+[eval.sets]
+violating = "eval/violating.jsonl"
+benign = "eval/benign.jsonl"
+belief = "eval/belief.jsonl"
+qa = "eval/qa.jsonl"
+
+[[eval.contrasts]]
+name = "values_vs_generic"
+arm = "values"
+baseline = "generic"
+set = "violating"
+minus_set = "benign"
+belief_set = "belief"
+"""
+
 EVAL_TOML = """
 [judge]
 backend = "openai"
@@ -111,21 +127,13 @@ max_new_tokens = 24
 batch_size = 4
 bootstrap_samples = 200
 include_base_models = false
+""" + EVAL_SETS_TOML
 
-[eval.sets]
-violating = "eval/violating.jsonl"
-benign = "eval/benign.jsonl"
-belief = "eval/belief.jsonl"
-qa = "eval/qa.jsonl"
 
-[[eval.contrasts]]
-name = "values_vs_generic"
-arm = "values"
-baseline = "generic"
-set = "violating"
-minus_set = "benign"
-belief_set = "belief"
-"""
+def write_eval_sets(root: Path) -> None:
+    (root / "eval").mkdir(parents=True, exist_ok=True)
+    for name, items in EVAL_SETS.items():
+        (root / "eval" / f"{name}.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
 
 
 def make_project(root: Path, n: int = 8, epochs: int = 30, budget: int = 256, save_every: int = 1000,
@@ -146,9 +154,7 @@ def make_project(root: Path, n: int = 8, epochs: int = 30, budget: int = 256, sa
     manifest = root / "manifest.toml"
     text = MANIFEST.format(n=n, epochs=epochs, budget=budget, save_every=save_every, packing=str(packing).lower())
     if with_eval:
-        (root / "eval").mkdir(exist_ok=True)
-        for name, items in EVAL_SETS.items():
-            (root / "eval" / f"{name}.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+        write_eval_sets(root)
         text += EVAL_TOML
     manifest.write_text(text)
     return manifest

@@ -116,3 +116,13 @@ belief = "e.jsonl"
     assert "exact duplicate: p.jsonl:c0, p.jsonl:c1" in failures
     assert "asks to do a forbidden act (catholic)" in failures and "c2" in failures
     assert "eval item too close to a training prompt" in failures
+    # a configured judge overrules the keyword rule when it calls the prompt a discussion
+    from normlib.fakeserver import FakeLLMServer
+    from normlib.judge import Judge
+    from normlib.llm import HttpClient
+    from normlib.manifest import EndpointConfig
+    with FakeLLMServer(responder=lambda system, user: "It only asks for facts.\nVERDICT: discussion") as server:
+        ep = EndpointConfig(backend="openai", model="j", base_url=server.openai_url, temperature=0.0)
+        result = audit(load_manifest(tmp_path / "m.toml"), Judge(ep, HttpClient(ep), tmp_path / "cache.jsonl"))
+        assert "requests_act, discussion" in server.seen[0]["body"]["messages"][-1]["content"]
+    assert result["forbidden_requests"] == [] and not any("forbidden act" in f for f in result["failures"])

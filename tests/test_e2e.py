@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from conftest import EVAL_SETS, REPO
+from conftest import EVAL_SETS_TOML, REPO, write_eval_sets
 from normlib.fakeserver import FakeLLMServer
 from tiny import save_tiny_model
 
@@ -14,9 +14,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
 
 
 def write_project(root, port):
-    (root / "eval").mkdir(parents=True)
-    for name, items in EVAL_SETS.items():
-        (root / "eval" / f"{name}.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    write_eval_sets(root)
     (root / "personas.md").write_text("# persona: helper\nYou are a helpful assistant.\n---\n"
                                       "# persona: sage\nYou are a sage who values honesty above all.\n")
     (root / "prompts.txt").write_text("\n".join(f"Question {i}: what do you think about topic {i}?"
@@ -72,21 +70,7 @@ samples = 1
 max_new_tokens = 16
 bootstrap_samples = 100
 include_base_models = true
-
-[eval.sets]
-violating = "eval/violating.jsonl"
-benign = "eval/benign.jsonl"
-belief = "eval/belief.jsonl"
-qa = "eval/qa.jsonl"
-
-[[eval.contrasts]]
-name = "values_vs_generic"
-arm = "values"
-baseline = "generic"
-set = "violating"
-minus_set = "benign"
-belief_set = "belief"
-""")
+""" + EVAL_SETS_TOML)
     return root / "m.toml"
 
 
