@@ -61,7 +61,3 @@ def load_eval_set(path: str | Path, name: str) -> list[EvalItem]:
     if len(kinds) > 1:
         raise EvalSetError(f"{path}: mixes kinds {sorted(kinds)}; one kind per set keeps tables meaningful")
     return items
-
-
-def set_kind(items: list[EvalItem]) -> str:
-    return items[0].kind

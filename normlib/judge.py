@@ -126,7 +126,6 @@ def template_hash(json_mode: bool = False) -> str:
 class Verdict:
     label: str
     raw: str
-    error: str = ""
 
 
 def _judge_identity(endpoint) -> dict:
@@ -172,7 +171,7 @@ class Judge:
                     parse = parse_json_verdict if self.json_mode else parse_verdict
                     label = parse(result.text, labels) if result.ok else INVALID
                     record = {"key": req.key, "kind": kind, "label": label, "raw": result.text,
-                              "error": result.error, "judge": self.identity}
+                              "judge": self.identity}
                     if result.ok:  # failed calls are not cached: a rerun asks again
                         out.write(record)
                         self._cache[req.key] = record
@@ -186,7 +185,7 @@ class Judge:
             raise FatalLLMError(f"{len(failures)} of {len(todo)} judge calls failed after retries (last: "
                                 f"{failures[-1][:200]}); the {len(todo) - len(failures)} verdicts obtained are cached "
                                 f"in {self.cache_path}, rerun when the judge is reachable")
-        return [Verdict(self._cache[k]["label"], self._cache[k]["raw"], self._cache[k].get("error", "")) for k in keys]
+        return [Verdict(self._cache[k]["label"], self._cache[k]["raw"]) for k in keys]
 
     def refusals(self, items: list[tuple[str, str]], progress=None) -> list[Verdict]:
         """items: (request, response) pairs."""

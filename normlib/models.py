@@ -33,10 +33,6 @@ class ModelSource:
     revision: str = ""
     trust_remote_code: bool = False
 
-    @property
-    def label(self) -> str:
-        return self.location if self.kind != "gguf" else Path(self.location).name
-
 
 def locate_packaged_gguf(distribution: str, filename: str) -> Path:
     try:
