@@ -11,6 +11,12 @@ export TOKENIZERS_PARALLELISM := false
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt Makefile
+	@# Python 3.10 to 3.13 (3.10 reads TOML with the tomli package, 3.11+ with tomllib).
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 10))' 2>/dev/null || { \
+		echo "error: normlib needs Python 3.10 to 3.13; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)." \
+		     "Run e.g. 'make PYTHON=python3.11 ...'." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] > (3, 13))' || \
+		echo "warning: normlib is tested on Python 3.10 to 3.13; $$($(PYTHON) --version) may work" >&2
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# Keep a torch that is already there (a GPU user's CUDA build); else the pinned release.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
@@ -20,11 +26,19 @@ $(VENV)/.installed: requirements.txt Makefile
 	touch $@
 
 # llama-cpp-python's OpenAI-compatible server (teacher and judge of the demo); compiles llama.cpp once.
-server: $(VENV)/.installed-server
+# Portable build: AVX2/FMA/F16C, no -march=native. A native build on a CPU with AMX uses ggml's AMX
+# kernels, which crash (SIGSEGV on the first request) where the sandbox does not grant AMX tile state;
+# the portable build runs on any x86-64 CPU with AVX2 at the same speed here (bench/RESULTS.md).
+# LLAVA_BUILD=OFF skips the multimodal library we do not use. Your own CMAKE_ARGS come last and win.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+SERVER_MARKER := $(VENV)/.installed-server-portable
 
-$(VENV)/.installed-server: $(VENV)/.installed requirements-server.txt
-	@# LLAVA_BUILD=OFF skips the multimodal library we do not use (about 2 of the ~7 build minutes).
-	CMAKE_ARGS="$${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF" $(BIN)/pip install -q -r requirements-server.txt
+server: $(SERVER_MARKER)
+
+$(SERVER_MARKER): $(VENV)/.installed requirements-server.txt
+	@# Rebuild even when a (possibly native) build is installed or in pip's wheel cache.
+	$(BIN)/pip uninstall -q -y llama-cpp-python 2>/dev/null || true
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $${CMAKE_ARGS:-}" $(BIN)/pip install -q --no-cache-dir -r requirements-server.txt
 	touch $@
 
 test: install server

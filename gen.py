@@ -63,6 +63,12 @@ def main(argv=None) -> int:
         return 1
     print_summary(reports)
     short = [r["condition"] for r in reports if r["shortfall"]]
+    for r in reports:
+        lost = r["failed_by_kind"].get("connection", 0) + r["failed_by_kind"].get("timeout", 0)
+        if lost:
+            print(f"warning: {r['condition']}: {lost} requests got no answer from the teacher at "
+                  f"{r['teacher']['base_url'] or r['teacher']['backend']} (connection lost or timed out); is the "
+                  f"server still running?", file=sys.stderr)
     if short:
         print(f"warning: fewer answers kept than asked for in {', '.join(short)}; see the reports' 'dropped' and "
               f"'failed_by_kind', then rerun (finished requests are not repeated)", file=sys.stderr)

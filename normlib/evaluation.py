@@ -152,7 +152,7 @@ def _server_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
     endpoint = EndpointConfig(backend="openai", model=ev.label, base_url=manifest.eval.base_url,
                               max_tokens=manifest.eval.max_new_tokens, concurrency=max(1, manifest.eval.batch_size),
                               timeout=600.0)
-    client = HttpClient(endpoint, completions=True)
+    client = HttpClient(endpoint, completions=True, role=f"eval server for {ev.label}")
 
     def generate(prompts, temperature, seed):
         reqs = [ChatRequest(key=str(i), user=fmt.prompt_text(p), temperature=temperature,

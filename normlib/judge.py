@@ -182,7 +182,8 @@ class Judge:
                 self.client.map(list(todo.values()), on_result)
         if failures:
             # "invalid" means the judge answered but not with a verdict; a call that failed is not a verdict at all
-            raise FatalLLMError(f"{len(failures)} of {len(todo)} judge calls failed after retries (last: "
+            raise FatalLLMError(f"{len(failures)} of {len(todo)} calls to the judge at "
+                                f"{self.endpoint.base_url or self.endpoint.backend} failed after retries (last: "
                                 f"{failures[-1][:200]}); the {len(todo) - len(failures)} verdicts obtained are cached "
                                 f"in {self.cache_path}, rerun when the judge is reachable")
         return [Verdict(self._cache[k]["label"], self._cache[k]["raw"]) for k in keys]

@@ -39,6 +39,13 @@ class FatalLLMError(RuntimeError):
     """An error every further request would repeat (bad key, unknown model): stop the job."""
 
 
+class ServerUnreachable(FatalLLMError):
+    """Not one request reached the server: it is down, or base_url is wrong."""
+
+
+UNREACHABLE_AFTER = 3  # requests that failed to connect (after their retries), with no success, before giving up
+
+
 @dataclass
 class ChatRequest:
     key: str  # caller's id for the request
@@ -174,9 +181,11 @@ def _anthropic_parse(data: dict) -> tuple[str, str, dict]:
 
 class HttpClient:
     def __init__(self, endpoint, api_key: str = "", backoff_base: float = 1.0, backoff_cap: float = 60.0,
-                 completions: bool = False):
-        """`completions=True` talks to an OpenAI-compatible /completions endpoint (eval of a served checkpoint)."""
+                 completions: bool = False, role: str = "server"):
+        """`completions=True` talks to an OpenAI-compatible /completions endpoint (eval of a served checkpoint).
+        `role` names the server in errors ("teacher", "judge", "eval server")."""
         self.endpoint = endpoint
+        self.role = role
         self._api_key = api_key
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self.gate = RateGate()
@@ -263,6 +272,10 @@ class HttpClient:
         flight finish) when the server rejects our credentials or model."""
         stop = threading.Event()
         fatal: list[ChatResult] = []
+        unreachable: list[ChatResult] = []
+        reached = threading.Event()
+        lock = threading.Lock()
+        give_up_after = min(len(reqs), UNREACHABLE_AFTER)
 
         def work(req: ChatRequest):
             if stop.is_set():
@@ -270,9 +283,16 @@ class HttpClient:
             result = self.complete(req, on_attempt, stop)
             if result.error_kind == "cancelled":
                 return
+            if result.status is not None:
+                reached.set()
             if result.status in FATAL_STATUSES:
                 fatal.append(result)
                 stop.set()
+            if result.error_kind == "connection" and not reached.is_set():
+                with lock:
+                    unreachable.append(result)
+                    if len(unreachable) >= give_up_after:
+                        stop.set()  # the server is down or the URL is wrong: retrying the rest changes nothing
             on_result(req, result)
 
         with ThreadPoolExecutor(max_workers=self.endpoint.concurrency) as pool:
@@ -284,10 +304,15 @@ class HttpClient:
                 stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+        url = self.endpoint.base_url or ANTHROPIC_URL
         if fatal:
-            raise FatalLLMError(f"{self.endpoint.backend} server at {self.endpoint.base_url or ANTHROPIC_URL} "
-                                f"refused the request ({fatal[0].error}); check the model name and the API key "
-                                f"variable")
+            raise FatalLLMError(f"the {self.role} ({self.endpoint.backend} server at {url}) refused the request "
+                                f"({fatal[0].error}); check the model name and the API key variable")
+        if not reached.is_set() and len(unreachable) >= give_up_after > 0:
+            raise ServerUnreachable(
+                f"could not connect to the {self.role} at {url}: all {len(unreachable)} requests sent failed to "
+                f"connect, each after {self.endpoint.max_retries} retries (last error: {unreachable[-1].error[:200]}). "
+                f"Is the server running, and is base_url right?")
 
 
 class LocalClient:
@@ -341,4 +366,4 @@ def make_client(endpoint, role: str, root=None, seed: int = 0, backoff_base: flo
     """The client for a [teacher] or [judge] table; fails before any work if its key is missing."""
     if endpoint.backend == "local":
         return LocalClient(endpoint, root, seed)
-    return HttpClient(endpoint, read_api_key(endpoint.api_key_env, role), backoff_base=backoff_base)
+    return HttpClient(endpoint, read_api_key(endpoint.api_key_env, role), backoff_base=backoff_base, role=role)

@@ -13,12 +13,16 @@ import hashlib
 import json
 import re
 import sys
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 
 class ManifestError(ValueError):

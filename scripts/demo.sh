@@ -20,16 +20,31 @@ CONVERT=$!
 echo "== starting llama.cpp server on ${URL} (log: ${LOG})"
 "$PY" -m llama_cpp.server --model "$GGUF" --host 127.0.0.1 --port "$PORT" --n_ctx 8192 >"$LOG" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT INT TERM
-for _ in $(seq 1 120); do
-    if "$PY" -c "import requests,sys; requests.get('${URL}/models', timeout=2).raise_for_status()" 2>/dev/null; then
-        break
+
+server_died() {
+    if ! kill -0 "$SERVER" 2>/dev/null || grep -qs '^Z' <(awk '{print $3}' "/proc/$SERVER/stat" 2>/dev/null); then
+        return 0
     fi
-    kill -0 $SERVER 2>/dev/null || { echo "llama.cpp server died; see ${LOG}"; exit 1; }
-    sleep 1
-done
-"$PY" -c "import requests; requests.get('${URL}/models', timeout=2).raise_for_status()" \
-    || { echo "llama.cpp server did not answer within 120 s; see ${LOG}"; exit 1; }
+    return 1
+}
+finish() {
+    local status=$?
+    if [ "$status" -ne 0 ] && server_died; then
+        echo "error: the llama.cpp server (pid $SERVER) died during the demo; last lines of ${LOG}:" >&2
+        tail -n 25 "$LOG" >&2 || true
+        echo "(a crash on the first request usually means a llama.cpp build for another CPU: see README" \
+             "Troubleshooting, 'llama.cpp server crashes')" >&2
+    fi
+    kill "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+    exit "$status"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+# Ready means one real chat completion came back, not only /v1/models (a build the CPU cannot run
+# lists its models, then crashes on the first request).
+"$PY" -m normlib.servers wait "$URL" --pid "$SERVER" --log "$LOG" --timeout 180 --kind chat
 
 echo "== gen.py: persona x prompt answers from the teacher (${SECONDS} s so far)"
 "$PY" gen.py --manifest "$MANIFEST" "${SET[@]}"
@@ -37,5 +52,6 @@ wait $CONVERT || { echo "converting the GGUF for transformers failed; see result
 echo "== train.py: one run per arm (${SECONDS} s so far)"
 "$PY" train.py --manifest "$MANIFEST" --all "${SET[@]}"
 echo "== eval.py: answers, judge, statistics (${SECONDS} s so far)"
+server_died && { echo "error: the llama.cpp server is gone before eval.py; see ${LOG}" >&2; exit 1; }
 "$PY" eval.py --manifest "$MANIFEST" "${SET[@]}"
 echo "== done in ${SECONDS} s: results/demo/ (summary.md, rates.csv, contrasts.csv, agreement.csv, refusal_rates.png)"

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from conftest import EVAL_SETS_TOML, REPO, write_eval_sets
 from normlib.fakeserver import FakeLLMServer
@@ -82,13 +81,11 @@ def cli(script, manifest, *args):
 
 
 def test_gen_train_eval_end_to_end(tmp_path):
-    start = time.time()
     with FakeLLMServer() as server:
         manifest = write_project(tmp_path, server.port)
         cli("gen.py", manifest)
         cli("train.py", manifest, "--all")
         cli("eval.py", manifest)
-    elapsed = time.time() - start
     gen, ckpt, res = tmp_path / "data/generated/e2e", tmp_path / "ckpt/e2e", tmp_path / "results/e2e"
     for cond, n in (("generic", 12), ("values", 6)):
         assert len((gen / f"{cond}.jsonl").read_text().splitlines()) == n
@@ -114,4 +111,3 @@ def test_gen_train_eval_end_to_end(tmp_path):
     for path in tmp_path.rglob("*"):
         if path.is_file() and path.suffix in (".jsonl", ".json", ".csv", ".md"):
             assert "sk-e2e-secret" not in path.read_text(errors="ignore"), path
-    assert elapsed < 90, f"end to end took {elapsed:.0f} s"

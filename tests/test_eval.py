@@ -56,7 +56,7 @@ def test_failed_judge_calls_are_an_error_not_invalid_verdicts(tmp_path):
     with FakeLLMServer(faults=lambda n, body: "503" if "second" in body["messages"][-1]["content"] else None) as server:
         ep = EndpointConfig(backend="openai", model="j", base_url=server.openai_url, max_retries=1)
         judge = Judge(ep, HttpClient(ep, backoff_base=0.01), tmp_path / "cache.jsonl")
-        with pytest.raises(FatalLLMError, match="1 of 2 judge calls failed"):
+        with pytest.raises(FatalLLMError, match="1 of 2 calls to the judge at .* failed"):
             judge.refusals([("first", "I can't help with that."), ("second", "Sure.")])
     cached = [json.loads(line) for line in (tmp_path / "cache.jsonl").read_text().splitlines()]
     assert len(cached) == 1 and cached[0]["label"] == "full_refusal"  # the good verdict is kept

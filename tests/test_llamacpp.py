@@ -2,37 +2,35 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
-import requests
 
 from conftest import REPO, free_port
 from normlib.models import SHORT_NAMES, locate_packaged_gguf
+from normlib.servers import ManagedServer, ServerError
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
+    """A llama.cpp server that has completed one chat request (a server that only lists its models may still
+    crash on the first generation); the test fails with the server log's tail if it never gets there."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("llama") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model",
-                             str(locate_packaged_gguf(*SHORT_NAMES["smollm2-135m-instruct"])), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "4096"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    server = ManagedServer([sys.executable, "-m", "llama_cpp.server", "--model",
+                            str(locate_packaged_gguf(*SHORT_NAMES["smollm2-135m-instruct"])), "--host", "127.0.0.1",
+                            "--port", str(port), "--n_ctx", "4096"], f"http://127.0.0.1:{port}/v1", log,
+                           timeout=300, what="llama.cpp server")
     try:
-        for _ in range(120):
-            assert proc.poll() is None, "llama.cpp server exited; is llama-cpp-python[server] installed?"
-            try:
-                if requests.get(f"{url}/models", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        yield url
+        server.start()
+    except ServerError as e:
+        pytest.fail(str(e))
+    try:
+        yield server.base_url
+        server.check_alive()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 def test_gen_py_against_llama_cpp(tmp_path, llama_server):

@@ -58,9 +58,11 @@ def test_transient_faults_are_retried(fault, kind):
 
 
 def test_timeout_is_retried():
-    with FakeLLMServer(faults=["slow"], slow_seconds=1.5) as server:
-        result = client(server, timeout=0.3).complete(REQ)
-        assert result.ok and result.attempts == 2
+    # generous margins both ways: a busy 2-core machine may answer the normal retry slowly
+    with FakeLLMServer(faults=["slow"], slow_seconds=20) as server:
+        kinds = []
+        result = client(server, timeout=1.5).complete(REQ, on_attempt=lambda r, res: kinds.append(res.error_kind))
+        assert result.ok and kinds[0] == "timeout" and result.attempts >= 2
 
 
 def test_retry_after_is_obeyed():
