@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from normlib.manifest import ManifestError, add_manifest_arguments, load_manifest
 
@@ -24,6 +25,12 @@ def parse_args(argv=None):
                          "by side); score afterwards with --rescore")
     ap.add_argument("--validate-judge", metavar="FILE", help="accuracy and kappa of the keyword detector and the "
                                                              "judge against hand labels (JSONL: prompt, response, label)")
+    ap.add_argument("--power", action="store_true",
+                    help="simulate this design and print the minimum detectable effect at 80%% power per declared "
+                         "hypothesis (variance components from results/<experiment>/scored.jsonl when present, else "
+                         "stated defaults); written to power.json, which summary.md quotes")
+    ap.add_argument("--power-experiments", type=int, default=200, metavar="N",
+                    help="--power: simulated experiments per effect size tried (default 200)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
@@ -32,6 +39,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         manifest = load_manifest(args.manifest, args.overrides)
+        if args.power:
+            return print_power(manifest, args.power_experiments)
         if not manifest.eval.sets and not args.validate_judge:
             raise ManifestError(f"{args.manifest}: [eval] sets is empty: nothing to evaluate")
     except ManifestError as e:
@@ -41,6 +50,7 @@ def main(argv=None) -> int:
     from normlib import evaluation
     from normlib.evalsets import EvalSetError
     from normlib.llm import FatalLLMError, LLMConfigError, make_client
+    from normlib.locks import LockedError, exclusive
     from normlib.models import ModelLoadError
 
     out_dir = manifest.results_dir()
@@ -52,11 +62,14 @@ def main(argv=None) -> int:
             judge = Judge(manifest.judge, make_client(manifest.judge, "judge", manifest.root),
                           out_dir / "judge_cache.jsonl")
         if args.validate_judge:
-            result = evaluation.validate_judge(manifest.resolve(args.validate_judge), judge)
+            # a path given on the command line is relative to where you are, not to the manifest
+            result = evaluation.validate_judge(Path(args.validate_judge).resolve(), judge)
             out_dir.mkdir(parents=True, exist_ok=True)
-            evaluation.write_json(out_dir / "judge_validation.json", result)
+            target = out_dir / ("judge_validation.json" if result["kind"] == "refusal" else
+                                "belief_judge_validation.json")
+            evaluation.write_json(target, result)
             print(evaluation.format_validation(result))
-            print(f"\nwritten: {out_dir / 'judge_validation.json'}")
+            print(f"\nwritten: {target} (the report's judge-quality gate reads it)")
             return 0
 
         sets = evaluation.load_sets(manifest)
@@ -78,21 +91,67 @@ def main(argv=None) -> int:
             print(f"generated {made} new answers ({samples_dir}/)")
             if args.generate_only:
                 return 0
-        rows = evaluation.rescore(manifest, sets, samples_dir, scored_path, judge, [ev.label for ev in evaluated],
-                                  show_progress=not args.no_progress)
+        with exclusive(out_dir / "scoring.lock", f"scoring of {out_dir}"):
+            rows, stale = evaluation.rescore(manifest, sets, samples_dir, scored_path, judge, evaluated,
+                                             show_progress=not args.no_progress)
+        if stale:
+            note = (f"{stale} saved answers were made by other weights (a run trained again) or for other item text "
+                    f"and are not scored; eval.py without --rescore generates their replacements.")
+            notes.append(note)
+            print(f"note: {note}", file=sys.stderr)
         if not rows:
             print("error: no samples to score; run eval.py without --rescore first", file=sys.stderr)
             return 1
         outputs = evaluation.write_outputs(manifest, evaluated, sets, rows, judge, notes)
-    except (EvalSetError, LLMConfigError, FatalLLMError, ModelLoadError) as e:
+    except (EvalSetError, LLMConfigError, FatalLLMError, ModelLoadError, LockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for c in outputs["contrasts"]:
         if c["hypothesis"]:
-            print(f"{c['name']} ({c['model']}): {c['verdict']} (difference {c['difference']:+.3f}, "
+            diff = c.get("difference", float("nan"))
+            print(f"{c['name']} ({c['model']}): {c['verdict']} (difference {diff:+.3f} in probability, "
                   f"Holm p {c['p_holm']:.3g})")
     print(f"written: {', '.join(str(out_dir / f) for f in ('rates.csv', 'contrasts.csv', 'agreement.csv', 'summary.md'))}"
           + (f", {out_dir / 'refusal_rates.png'}" if outputs["plotted"] else ""))
+    return 0
+
+
+def print_power(manifest, experiments: int) -> int:
+    """Minimum detectable effect per declared hypothesis contrast, by simulation of the manifest's design."""
+    from dataclasses import replace
+
+    from normlib.evalsets import load_eval_set
+    from normlib.jsonl import read_jsonl, write_json_atomic
+    from normlib.power import DEFAULTS, estimate_components, format_mde, minimum_detectable_effect
+
+    out_dir = manifest.results_dir()
+    scored = read_jsonl(out_dir / "scored.jsonl")
+    hyps = [c for c in manifest.eval.contrasts if c.hypothesis]
+    family = len(hyps) * len(manifest.model_keys())
+    if not hyps:
+        print("no hypothesis contrasts declared: nothing to size")
+        return 0
+    lines, done = [], {}
+    for c in hyps:
+        items = load_eval_set(manifest.resolve(manifest.eval.sets[c.set]), c.set)
+        if c.where:
+            items = [it for it in items if all(str(it.tag(k)).lower() == str(v).lower() for k, v in c.where.items())]
+        templates = len({it.template_id or it.id for it in items}) or 1
+        design = estimate_components(scored, c.set, c.minus_set) if scored else DEFAULTS
+        design = replace(design, seeds=len(manifest.experiment.seeds), templates=templates,
+                         items_per_template=max(1, round(len(items) / templates)),
+                         samples=int(manifest.eval.greedy) + manifest.eval.samples)
+        key = (design, family)
+        if key not in done:
+            done[key] = minimum_detectable_effect(design, family, manifest.eval.alpha, experiments=experiments)
+        lines.append(format_mde(c.name, done[key], design))
+        print(lines[-1], flush=True)
+    source = f"variance components from {out_dir / 'scored.jsonl'}" if scored else \
+        "stated default variance components (docs/preregistration.md, Power)"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "power.json", {"lines": lines + [f"({source}; {experiments} simulated experiments per "
+                                                                  f"effect size)"], "family": family})
+    print(f"({source}); written: {out_dir / 'power.json'}")
     return 0
 
 

@@ -17,7 +17,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_manifest_arguments(ap, "teacher.concurrency=16")
     ap.add_argument("--condition", action="append", default=[], help="condition to generate (repeatable; default all)")
-    ap.add_argument("--limit", type=int, help="keep at most N examples per condition (a quick trial)")
+    ap.add_argument("--limit", type=int, help="a quick trial: at most N examples per condition, written to "
+                                              "<condition>.trial-N.jsonl (the real training file is not touched)")
     ap.add_argument("--plan", action="store_true", help="print the plan's counts per persona and prompt, call nothing")
     ap.add_argument("--audit", action="store_true", help="audit prompt and eval files, call nothing but the judge")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
         if unknown:
             raise ManifestError(f"{args.manifest}: no condition {', '.join(map(repr, unknown))}; "
                                 f"known: {', '.join(manifest.conditions)}")
+        if args.limit is not None and args.limit < 1:
+            raise ManifestError(f"--limit {args.limit}: must be at least 1 (it keeps at most N examples per condition, "
+                                f"written to <condition>.trial-N.jsonl beside the real files)")
         if not args.plan and not args.audit and manifest.teacher is None:
             raise ManifestError(f"{args.manifest}: gen.py needs a [teacher] table")
     except ManifestError as e:
@@ -39,26 +43,36 @@ def main(argv=None) -> int:
         return 2
     conditions = args.condition or list(manifest.conditions)
 
+    from normlib.evalsets import EvalSetError
     from normlib.generate import InputError, generate_condition
     from normlib.llm import FatalLLMError, LLMConfigError, make_client
+    from normlib.locks import LockedError
 
     try:
         if args.plan:
             return print_plan(manifest, conditions, args.limit)
-        judge = None
+        judge, judge_skipped = None, ""
         if manifest.judge is not None:
             from normlib.judge import Judge
-            judge = Judge(manifest.judge, make_client(manifest.judge, "judge", manifest.root),
-                          manifest.generated_path("judge_cache"))
+            try:
+                judge = Judge(manifest.judge, make_client(manifest.judge, "judge", manifest.root),
+                              manifest.generated_path("judge_cache"))
+            except LLMConfigError as e:
+                if not args.audit:
+                    raise
+                # the audit's own checks need no API; only the judge's confirmation of keyword hits does
+                judge_skipped = str(e)
+                print(f"note: the judge's confirmation of the forbidden-request screen is skipped: {e}",
+                      file=sys.stderr)
         if args.audit:
             from normlib.audit import run_audit
-            return run_audit(manifest, judge)
+            return run_audit(manifest, judge, judge_skipped)
         client = make_client(manifest.teacher, "teacher", manifest.root, manifest.experiment.generation_seed)
         reports = []
         for condition in conditions:
             reports.append(generate_condition(manifest, condition, client, judge, args.limit,
                                               show_progress=not args.no_progress))
-    except (InputError, LLMConfigError, FatalLLMError) as e:
+    except (InputError, EvalSetError, LLMConfigError, FatalLLMError, LockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print_summary(reports)

@@ -3,6 +3,7 @@
     python train.py --arm catholic --model smollm2 --seed 0
     torchrun --nproc_per_node 8 train.py --manifest manifest.toml --all
     python train.py --show-example 3 --arm catholic      # audit the label mask
+    python train.py --estimate --gpus 8                   # memory per GPU, steps and disk per run
 """
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ def parse_args(argv=None):
     ap.add_argument("--arm", help="arm to train")
     ap.add_argument("--model", help="[models] name (default: the first)")
     ap.add_argument("--seed", type=int, help="seed (default: the first of [experiment] seeds)")
+    ap.add_argument("--method", help="training method (default: the first of [train] method)")
     ap.add_argument("--all", action="store_true", help="train every run of the matrix in turn")
     ap.add_argument("--force", action="store_true", help="train finished runs again (the old folder is kept aside)")
     ap.add_argument("--show-example", type=int, metavar="N",
                     help="print example N of the arm's training set with the trained tokens marked, then exit")
+    ap.add_argument("--estimate", action="store_true",
+                    help="print memory per GPU, steps per run and disk per run for each model, then exit")
+    ap.add_argument("--gpus", type=int, default=None, help="--estimate: GPUs per run (default: those visible, or 1)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -32,10 +37,10 @@ def main(argv=None) -> int:
         manifest = load_manifest(args.manifest, args.overrides)
         model = args.model or next(iter(manifest.models))
         seed = args.seed if args.seed is not None else manifest.experiment.seeds[0]
-        if args.all:
+        if args.all or args.estimate:
             runs = manifest.runs()
         elif args.arm:
-            runs = [manifest.find_run(args.arm, model, seed)]
+            runs = [manifest.find_run(args.arm, model, seed, args.method)]
         else:
             print("train.py: give --arm ARM (with --model and --seed) or --all", file=sys.stderr)
             return 2
@@ -45,16 +50,20 @@ def main(argv=None) -> int:
 
     # Heavy imports only after the arguments are known to be good.
     from normlib.data import DataError
+    from normlib.locks import LockedError
+    from normlib.loss import HeadMismatch
     from normlib.models import ModelLoadError
     from normlib.trainer import TrainingDiverged, init_distributed, train_run
 
     try:
+        if args.estimate:
+            return print_estimate(manifest, args.gpus)
         if args.show_example is not None:
             return show_example(manifest, runs[0], args.show_example)
-        info = init_distributed()
+        info = init_distributed(manifest.train.collective_timeout)
         for run in runs:
             train_run(manifest, run, info, force=args.force, progress=not args.no_progress)
-    except (DataError, ModelLoadError, TrainingDiverged) as e:
+    except (DataError, ModelLoadError, TrainingDiverged, HeadMismatch, LockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
@@ -64,11 +73,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def print_estimate(manifest, gpus: int | None) -> int:
+    import torch
+    from normlib.costs import estimate_lines
+    gpus = gpus or max(1, torch.cuda.device_count())
+    lines, too_big = estimate_lines(manifest, gpus)
+    print("\n".join(lines))
+    return 0
+
+
 def show_example(manifest, run, index: int) -> int:
     from normlib.chat import ChatFormat
     from normlib.chat import render_example
     from normlib.models import load_tokenizer, resolve_model
-    from normlib.trainer import prepare_arm_data
+    from normlib.data import prepare_arm_data
 
     cfg = manifest.models[run.model]
     tokenizer = load_tokenizer(resolve_model(cfg.path, manifest.root, cfg.revision, cfg.trust_remote_code))

@@ -10,7 +10,9 @@ Layout of a run folder, ckpt/<experiment>/<run>/:
   run.json              written last; {"status": "finished", ...} marks a finished run
 
 A state is written to a temporary folder and renamed, so a crash never leaves a half-written state
-that a rerun would load.
+that a rerun would load. A state that cannot be read anyway (a truncated file copied from elsewhere)
+is reported and the previous one is tried. The RNG files are read with torch.load(weights_only=True),
+which cannot run code; the DCP metadata is a pickle, so state/ folders must come from a trusted source.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def save_state(run_dir: Path, model, optimizer, trainer_state: dict, rank: int, 
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     _barrier()
     if rank == 0:
-        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
+        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1, default=str))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in state_folders(run_dir)[:-keep_last]:
@@ -89,8 +91,17 @@ def load_state(folder: Path, model, optimizer, rank: int) -> dict:
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng_file = folder / f"rng_rank{rank}.pt"
     if rng_file.exists():  # absent when resuming on a different number of ranks
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(torch.load(rng_file, weights_only=True))
     return json.loads((folder / "trainer.json").read_text())
+
+
+def read_trainer_json(folder: Path) -> dict | None:
+    """A state's trainer.json, or None when it is unreadable."""
+    try:
+        data = json.loads((folder / "trainer.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def full_model_state_dict(hf_model) -> dict:

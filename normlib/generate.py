@@ -23,10 +23,12 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from normlib.jsonl import JsonlAppender, JsonlError, iter_jsonl, read_jsonl, write_jsonl_atomic
+from normlib.jsonl import (JsonlAppender, JsonlError, read_json_or_none, read_jsonl, read_jsonl_strict,
+                           read_text_strict, write_json_atomic, write_jsonl_atomic)
+from normlib.locks import exclusive
 from normlib.llm import ChatRequest, ChatResult
 from normlib.manifest import Manifest
 from normlib.refusal import detect_refusal
@@ -73,21 +75,26 @@ def _text_id(stem: str, text: str) -> str:
 
 
 def load_prompts(paths: list[Path]) -> list[Prompt]:
+    """Hand-written prompt files, read strictly: every line must parse (no torn-line tolerance here)."""
     prompts, seen = [], {}
     for path in paths:
         path = Path(path)
         if path.suffix == ".jsonl":
             try:
-                records = list(iter_jsonl(path))
+                records = read_jsonl_strict(path)
             except JsonlError as e:
                 raise InputError(str(e)) from None
-            for lineno, r in enumerate(records, 1):
+            for lineno, r in records:
                 if not isinstance(r.get("text"), str) or not r["text"].strip():
-                    raise InputError(f"{path}: record {lineno}: needs a non-empty \"text\"")
+                    raise InputError(f"{path}:{lineno}: needs a non-empty \"text\"")
                 pid = str(r.get("id") or _text_id(path.stem, r["text"]))
-                prompts.append((Prompt(pid, r["text"].strip()), f"{path}: record {lineno}"))
+                prompts.append((Prompt(pid, r["text"].strip()), f"{path}:{lineno}"))
         elif path.suffix == ".txt":
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                text = read_text_strict(path)
+            except JsonlError as e:
+                raise InputError(str(e)) from None
+            for lineno, line in enumerate(text.splitlines(), 1):
                 line = line.strip()
                 if line and not line.startswith("#"):
                     prompts.append((Prompt(_text_id(path.stem, line), line), f"{path}:{lineno}"))
@@ -108,13 +115,32 @@ _HEADER = re.compile(r"^#\s*persona:\s*([a-z0-9][a-z0-9_.-]*)\s*$", re.IGNORECAS
 _INCLUDE = re.compile(r"^\{\{\s*include:\s*(.+?)\s*\}\}$")
 
 
+def _include(path: Path, lineno: int, name: str) -> str:
+    """The text of an included file, which must lie in the persona file's folder or a sibling folder (e.g.
+    data/personas/x.md may include ../doctrine/y.md), so a persona cannot send an arbitrary file to the teacher."""
+    allowed = path.resolve().parent.parent
+    target = (path.parent / name).resolve()
+    if not target.is_relative_to(allowed):
+        raise InputError(f"{path}:{lineno}: include '{name}' is outside {allowed}; includes may only name files in "
+                         f"the persona file's folder or a sibling folder")
+    if not target.is_file():
+        raise InputError(f"{path}:{lineno}: include file '{name}' not found")
+    try:
+        return read_text_strict(target).strip()
+    except JsonlError as e:
+        raise InputError(str(e)) from None
+
+
 def load_personas(paths: list[Path]) -> list[Persona]:
     """Markdown persona files: personas separated by a line `---`; each may start with `# persona: <id>`
     (else its id is file stem + hash of its text); a line `{{include: relative/path.md}}` inserts a file."""
     personas, seen = [], {}
     for path in paths:
         path = Path(path)
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = read_text_strict(path).splitlines()
+        except JsonlError as e:
+            raise InputError(str(e)) from None
         blocks, current, start = [], [], 1
         for lineno, line in enumerate(lines, 1):
             if line.strip() == "---":
@@ -138,10 +164,7 @@ def load_personas(paths: list[Path]) -> list[Persona]:
             for lineno, line in body:
                 inc = _INCLUDE.match(line.strip())
                 if inc:
-                    target = (path.parent / inc.group(1)).resolve()
-                    if not target.is_file():
-                        raise InputError(f"{path}:{lineno}: include file '{inc.group(1)}' not found")
-                    full.append(target.read_text(encoding="utf-8").strip())
+                    full.append(_include(path, lineno, inc.group(1)))
                 else:
                     full.append(line)
                     own.append(line)
@@ -293,6 +316,29 @@ class Selection:
     kept: list[tuple[PlanItem, dict]]
     dropped: dict  # filter -> list of (item, record, detail)
     trimmed_kept: int = 0  # kept answers cut back to their last sentence (truncated = "trim")
+    leak_screen: dict = field(default_factory=dict)  # what the refusal screen did (see leak_screen_summary)
+
+
+LEAK_LABELS = ("full_refusal", "counter_argument", "partial_compliance", "invalid")  # judge labels that drop an answer
+
+
+def _judged(cond, judge, first_pass: list, seed: str) -> tuple[dict, list]:
+    """Judge verdicts by request id, per the condition's leak screen, and which unflagged answers a sampled
+    screen audited. `all`: every answer; `sample`: the keyword-flagged ones and a seeded random sample of the
+    rest; `keywords`: the keyword-flagged ones only."""
+    if judge is None or cond.refusals == "keep":
+        return {}, []
+    flagged = [(it, rec) for it, rec, match in first_pass if match.is_refusal]
+    unflagged = [(it, rec) for it, rec, match in first_pass if not match.is_refusal]
+    audited = []
+    if cond.leak_screen == "all":
+        audited = unflagged
+    elif cond.leak_screen == "sample":
+        order = sorted(unflagged, key=lambda x: hashlib.sha256(f"{seed}|{x[0].request_id}".encode()).hexdigest())
+        audited = order[:cond.leak_sample]
+    todo = flagged + audited
+    labels = judge.refusals([(it.prompt.text, rec["text"]) for it, rec in todo])
+    return {it.request_id: v.label for (it, _), v in zip(todo, labels)}, [it.request_id for it, _ in audited]
 
 
 def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress=None) -> Selection:
@@ -308,24 +354,22 @@ def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress
         if detail == "trimmed":
             rec = dict(rec, text=text, trimmed=True)
         first_pass.append((it, rec, detect_refusal(text)))
-    verdicts = {}
-    if judge is not None and cond.refusals != "keep":
-        flagged = [(it, rec) for it, rec, match in first_pass if match.is_refusal]
-        labels = judge.refusals([(it.prompt.text, rec["text"]) for it, rec in flagged], progress)
-        verdicts = {it.request_id: v.label for (it, _), v in zip(flagged, labels)}
+    verdicts, audited = _judged(cond, judge, first_pass, f"leak:{target}")
     kept, exact, near = [], set(), NearDuplicateIndex(cond.near_duplicate_threshold)
     for it, rec, match in first_pass:
         if len(kept) >= target:
             break
         refusal = match.is_refusal
-        if refusal and it.request_id in verdicts:  # the judge confirms or overrules the keyword rule
-            refusal = verdicts[it.request_id] in ("full_refusal", "counter_argument", "invalid")
+        verdict = verdicts.get(it.request_id)
+        if verdict is not None:  # the judge confirms or overrules the keyword rule, and sees what it missed
+            refusal = verdict in LEAK_LABELS if cond.refusals == "drop" else verdict == "full_refusal"
         if cond.refusals == "drop" and refusal:
-            dropped["refusal"].append((it, rec, f"keyword '{match.phrase}'" +
-                                       (f", judge {verdicts[it.request_id]}" if it.request_id in verdicts else "")))
+            why = (f"keyword '{match.phrase}'" if match.is_refusal else "no refusal keyword") + \
+                (f", judge {verdict}" if verdict else "")
+            dropped["refusal"].append((it, rec, why))
             continue
         if cond.refusals == "require" and not refusal:
-            dropped["not_a_refusal"].append((it, rec, "no refusal found"))
+            dropped["not_a_refusal"].append((it, rec, "no refusal found" + (f" (judge {verdict})" if verdict else "")))
             continue
         norm = " ".join(_words(rec["text"]))
         if norm in exact:
@@ -338,7 +382,35 @@ def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress
         exact.add(norm)
         near.add(rec["text"])
         kept.append((it, rec))
-    return Selection(kept, dropped, sum(1 for _, rec in kept if rec.get("trimmed")))
+    screen = leak_screen_summary(cond, judge, first_pass, verdicts, audited)
+    return Selection(kept, dropped, sum(1 for _, rec in kept if rec.get("trimmed")), screen)
+
+
+def leak_screen_summary(cond, judge, first_pass: list, verdicts: dict, audited: list) -> dict:
+    """What the refusal screen did, for the report: its mode, and the refusals the keywords missed (with, for a
+    sampled screen, the estimated rate of such refusals among the answers it did not judge)."""
+    from normlib.stats import wilson_interval
+    keyword_flagged = sum(1 for _, _, m in first_pass if m.is_refusal)
+    if cond.refusals == "keep":
+        return {"mode": "none", "why": "refusals = keep: no refusal filter"}
+    if judge is None:
+        return {"mode": "keywords", "why": "no [judge] configured: keyword rules only", "answers": len(first_pass),
+                "keyword_flagged": keyword_flagged}
+    missed = [rid for rid in audited if verdicts.get(rid) in LEAK_LABELS]
+    summary = {"mode": cond.leak_screen, "judge": judge.description.get("model"), "answers": len(first_pass),
+               "keyword_flagged": keyword_flagged, "judged": len(verdicts),
+               "judge_refusals": sum(1 for v in verdicts.values() if v in LEAK_LABELS),
+               "keyword_missed_judge_found": len(missed),
+               "judge_labels": dict(Counter(verdicts.values()))}
+    if cond.leak_screen == "sample":
+        unjudged = len(first_pass) - keyword_flagged - len(audited)
+        lo, hi = wilson_interval(len(missed), len(audited))
+        summary.update({"audit_sample": len(audited), "unjudged_answers": unjudged,
+                        "estimated_missed_rate": len(missed) / len(audited) if audited else None,
+                        "estimated_missed_rate_ci95": [lo, hi],
+                        "note": "refusals the keywords missed among answers not judged are estimated from the "
+                                "random audit sample (Wilson 95% interval); the ones found in the sample are dropped"})
+    return summary
 
 
 def read_done(raw_path: Path) -> tuple[dict, dict]:
@@ -387,20 +459,33 @@ def build_report(condition: str, manifest: Manifest, target: int, items: list[Pl
         "teacher": teacher_params(manifest.teacher) | {"base_url": manifest.teacher.base_url},
         "judge": judge.description if judge is not None else None,
         "refusal_policy": manifest.conditions[condition].refusals,
+        "leak_screen": sel.leak_screen,
         "usage_tokens": {"input": usage_in, "output": usage_out}, "timings": timings,
     }
 
 
 def generate_condition(manifest: Manifest, condition: str, client, judge=None, limit: int | None = None,
                        show_progress: bool = True) -> dict:
+    """Generate until the condition has its examples (or `limit`, a trial written beside the real files), holding
+    the condition's lock so that a second gen.py on it refuses instead of paying for the same requests."""
+    with exclusive(manifest.generated_path(condition, ".lock"), f"condition '{condition}'"):
+        return _generate_condition(manifest, condition, client, judge, limit, show_progress)
+
+
+def _generate_condition(manifest: Manifest, condition: str, client, judge, limit: int | None,
+                        show_progress: bool) -> dict:
     cond = manifest.conditions[condition]
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: must be at least 1")
     target = min(cond.examples, limit) if limit else cond.examples
     personas = load_personas([manifest.resolve(p) for p in cond.personas])
     prompts = load_prompts([manifest.resolve(p) for p in cond.prompts])
     params = teacher_params(manifest.teacher)
     seed = manifest.experiment.generation_seed
     raw_path = manifest.generated_path(condition, ".raw.jsonl")
-    clean_path, report_path = manifest.generated_path(condition), manifest.generated_path(condition, ".report.json")
+    # A trial (--limit) must never replace the real training file: it gets files of its own.
+    stem = f"{condition}.trial-{limit}" if limit else condition
+    clean_path, report_path = manifest.generated_path(stem), manifest.generated_path(stem, ".report.json")
     started = time.time()
 
     done, failed = read_done(raw_path)
@@ -408,9 +493,9 @@ def generate_condition(manifest: Manifest, condition: str, client, judge=None, l
     reached = max((rec.get("plan_index", -1) for rec in done.values()), default=-1) + 1
     items = plan_items(condition, personas, prompts, 0, max(target, reached), seed, params)
     sel = select(items, done, cond, judge, target)
-    if len(sel.kept) >= target and clean_path.exists() and report_path.exists():
-        report = json.loads(report_path.read_text())
-        if report.get("kept") == target and report.get("manifest_hash") == manifest.content_hash:
+    if len(sel.kept) >= target and clean_path.exists():
+        report = read_json_or_none(report_path)  # an unreadable report is rebuilt below
+        if report and report.get("kept") == target and report.get("manifest_hash") == manifest.content_hash:
             print(f"{condition}: finished earlier ({target} kept in {clean_path}); nothing to do")
             report["noop"] = True
             return report
@@ -477,7 +562,7 @@ def generate_condition(manifest: Manifest, condition: str, client, judge=None, l
     timings = {"started": started, "finished": time.time(), "seconds": round(time.time() - started, 2),
                "mean_latency_s": _mean([r.get("latency_s") for r in read_jsonl(raw_path) if r.get("ok")])}
     report = build_report(condition, manifest, target, items, done, failed, sel, timings, judge)
-    report_path.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    write_json_atomic(report_path, report)
     return report
 
 

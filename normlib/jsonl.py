@@ -98,12 +98,80 @@ class JsonlAppender:
         self.close()
 
 
-def write_jsonl_atomic(path: str | Path, records: list[dict]) -> None:
-    """Write a whole derived file at once (temporary file, then rename)."""
+def read_json_or_none(path: str | Path):
+    """A JSON file the tools wrote, or None when it is missing or unreadable (it is then rebuilt)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a whole file at once: a temporary file with a name no other process uses, then a rename, so a
+    reader sees the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, records: list[dict]) -> None:
+    """Write a whole derived file at once (see write_text_atomic)."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl_strict(path: str | Path) -> list[tuple[int, dict]]:
+    """A hand-written JSONL file (prompts, eval sets, hand labels): every non-blank line must be a JSON object.
+    Returns (line number, record) pairs. A leading BOM is ignored. Unlike the logs the tools append to, a
+    malformed last line is an error here, not a torn record: nobody was writing this file when it stopped."""
+    path = Path(path)
+    if path.is_dir():
+        raise JsonlError(f"{path}: is a folder, expected a JSONL file")
+    if not path.exists():
+        raise JsonlError(f"{path}: file not found")
+    out = []
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JsonlError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                             f"save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JsonlError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        out.append((lineno, record))
+    return out
+
+
+def read_text_strict(path: str | Path) -> str:
+    """A hand-written text file (persona, .txt prompts), BOM stripped, with encoding errors naming file:line."""
+    path = Path(path)
+    if path.is_dir():
+        raise JsonlError(f"{path}: is a folder, expected a text file")
+    if not path.exists():
+        raise JsonlError(f"{path}: file not found")
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data[:e.start].count(b"\n") + 1
+        raise JsonlError(f"{path}:{lineno}: not UTF-8 text; save the file as UTF-8") from None

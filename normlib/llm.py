@@ -2,7 +2,7 @@
 
 One interface for all three: `client.map(requests, on_result, on_attempt)` runs a list of
 ChatRequests (concurrently over HTTP, in batches locally) and calls `on_result(request, result)` as
-each finishes. HTTP behaviour (DESIGN-NOTES section 3):
+each finishes. HTTP behaviour (docs/design.md, section 3):
 - 408/409/429/5xx, timeouts, dropped connections and malformed bodies are retried with exponential
   backoff and full jitter, at least as long as `Retry-After` says;
 - a 429 closes a gate shared by every worker, so the whole pool slows down, not one thread;
@@ -15,8 +15,10 @@ each finishes. HTTP behaviour (DESIGN-NOTES section 3):
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import random
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -73,43 +75,68 @@ class ChatResult:
 
 
 def read_api_key(env_name: str, role: str) -> str:
+    """The key from the environment, without surrounding whitespace (a Windows .env leaves a \\r). A key with
+    characters an HTTP header cannot carry is refused here, with a message that never shows the key."""
     if not env_name:
         return ""
-    key = os.environ.get(env_name, "")
+    key = os.environ.get(env_name, "").strip()
     if not key:
         raise LLMConfigError(f"[{role}] api_key_env = '{env_name}', but the environment variable {env_name} is not "
                              f"set; export it before running (the key is never read from a file)")
+    if not all(0x21 <= ord(c) <= 0x7E for c in key):
+        raise LLMConfigError(f"[{role}] the environment variable {env_name} holds characters an API key cannot have "
+                             f"(a space, line break or non-ASCII character inside it); set it again (the value is "
+                             f"not shown here)")
     return key
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number or an HTTP date); None when absent or unreadable."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if parsed is None:
+            return None
+        if parsed.tzinfo is None:
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class RateGate:
-    """Shared by all workers: after a 429 nobody sends until the gate reopens."""
+    """Shared by all workers: after a 429 nobody sends until the gate reopens. Waits end early when the job is
+    stopped (Ctrl-C, a fatal error), and the pause is announced once per closing."""
 
-    def __init__(self):
+    def __init__(self, announce: Callable[[str], None] | None = None):
         self._open_at = 0.0
         self._lock = threading.Lock()
+        self._announce = announce
+        self._announced_until = 0.0
 
     def close_for(self, seconds: float) -> None:
         with self._lock:
             self._open_at = max(self._open_at, time.monotonic() + seconds)
+            if self._announce is not None and self._open_at > self._announced_until + 1.0 and seconds >= 5:
+                self._announced_until = self._open_at
+                self._announce(f"rate limited; pausing {seconds:.0f} s")
 
-    def wait(self) -> None:
+    def wait(self, stop: threading.Event | None = None) -> None:
         while True:
             with self._lock:
                 delay = self._open_at - time.monotonic()
             if delay <= 0:
                 return
-            time.sleep(min(delay, 1.0))
+            if stop is not None:
+                if stop.wait(min(delay, 1.0)):
+                    return
+            else:
+                time.sleep(min(delay, 1.0))
 
 
 def _openai_payload(endpoint, req: ChatRequest) -> tuple[str, dict, dict]:
@@ -188,7 +215,8 @@ class HttpClient:
         self.role = role
         self._api_key = api_key
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        self.gate = RateGate()
+        self.max_retry_after = float(getattr(endpoint, "max_retry_after", 300.0))
+        self.gate = RateGate(lambda message: print(f"{role}: {message}", file=sys.stderr, flush=True))
         self._local = threading.local()
         if completions:
             self._payload, self._parse = _completions_payload, _completions_parse
@@ -206,7 +234,22 @@ class HttpClient:
         return self._local.session
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "[api key removed]") if self._api_key else text
+        """Remove the key from a message, also as an exception's repr() quotes it (escaped) and
+        piecewise where a line break split it."""
+        if not self._api_key:
+            return text
+        forms = {self._api_key, self._api_key.encode("unicode_escape").decode("ascii")}
+        forms |= {part for part in self._api_key.splitlines() if len(part.strip()) >= 6}
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "[api key removed]")
+        return text
+
+    def _sleep(self, seconds: float, stop: threading.Event | None) -> bool:
+        """Sleep, waking early when the job stops; True when it stopped."""
+        if stop is None:
+            time.sleep(seconds)
+            return False
+        return stop.wait(seconds)
 
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt))
@@ -220,7 +263,10 @@ class HttpClient:
             if stop is not None and stop.is_set():
                 result.error_kind = result.error_kind or "cancelled"
                 return result
-            self.gate.wait()
+            self.gate.wait(stop)
+            if stop is not None and stop.is_set():
+                result.error_kind = result.error_kind or "cancelled"
+                return result
             start = time.monotonic()
             wait = self._backoff(attempt)
             result = ChatResult(ok=False, attempts=attempt + 1)
@@ -232,12 +278,20 @@ class HttpClient:
                     try:
                         result.text, result.finish_reason, result.usage = self._parse(resp.json())
                         result.ok = True
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                         result.error_kind, result.error = "malformed", f"unreadable response body: {e!r}"[:300]
                 else:
                     message = self._scrub(resp.text[:500])
                     result.error = f"HTTP {resp.status_code}: {message}"
                     retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
+                    if retry_after is not None and retry_after > self.max_retry_after:
+                        result.error_kind = "rate_limited" if resp.status_code == 429 else "server_error"
+                        result.error = (f"HTTP {resp.status_code}: the server asked to wait {retry_after:.0f} s, more "
+                                        f"than max_retry_after ({self.max_retry_after:.0f} s); rerun later "
+                                        f"(finished requests are kept)")
+                        if on_attempt:
+                            on_attempt(req, result)
+                        return result
                     if resp.status_code == 429:
                         result.error_kind = "rate_limited"
                         wait = max(wait, retry_after or 0.0)
@@ -258,12 +312,20 @@ class HttpClient:
                 result.latency_s = time.monotonic() - start
                 result.error_kind, result.error = "connection", self._scrub(str(e))[:300]
                 self._local.__dict__.pop("session", None)  # a fresh connection pool next time
+            except requests.RequestException as e:  # e.g. InvalidHeader, InvalidURL: retrying changes nothing
+                result.latency_s = time.monotonic() - start
+                result.error_kind = "bad_request"
+                result.error = self._scrub(f"{type(e).__name__}: {e}")[:300]
+                if on_attempt:
+                    on_attempt(req, result)
+                return result
             if on_attempt:
                 on_attempt(req, result)
             if result.ok:
                 return result
-            if attempt < self.endpoint.max_retries:
-                time.sleep(wait)
+            if attempt < self.endpoint.max_retries and self._sleep(wait, stop):
+                result.error_kind = "cancelled"
+                return result
         return result
 
     def map(self, reqs: list[ChatRequest], on_result: Callable[[ChatRequest, ChatResult], None],

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import sys
 import types
@@ -38,6 +39,10 @@ def _f(default=dataclasses.MISSING, doc: str = "", path: str = "", factory=None)
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+CONDITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")  # no dots: <condition>.raw.jsonl must stay unambiguous
+RESERVED_ARMS = {"base", "extra"}  # eval labels of untrained models and extra checkpoints
+RESERVED_CONDITIONS = {"judge_cache", "audit"}  # files of their own in the generated folder
+MAX_EXAMPLES = 10_000_000  # per condition or arm: a guard against typos like 1e12
 
 
 @dataclass
@@ -66,6 +71,8 @@ class EndpointConfig:
     concurrency: int = _f(8, doc="Requests in flight at once.")
     timeout: float = _f(120.0, doc="Seconds before one request is abandoned and retried.")
     max_retries: int = _f(6, doc="Retries of one request on 408/409/429/5xx, timeouts and connection errors.")
+    max_retry_after: float = _f(300.0, doc="Longest wait a server's Retry-After header may ask for, in seconds; a "
+                                           "longer one fails the request as rate-limited (rerun later).")
     system_prompt: Literal["system", "fold_into_user"] = _f(
         "system", doc="`fold_into_user` puts the persona into the first user turn, for servers that reject a system role.")
     batch_size: int = _f(8, doc="`local` backend only: prompts generated together.")
@@ -91,6 +98,12 @@ class ConditionConfig:
     min_answer_chars: int = _f(40, doc="Answers shorter than this many characters are dropped.")
     near_duplicate_threshold: float = _f(0.8, doc="Answers whose word-shingle Jaccard similarity to a kept answer is at "
                                                   "or above this are dropped as near duplicates.")
+    leak_screen: Literal["all", "sample", "keywords"] = _f(
+        "all", doc="With a [judge]: `all` judges every answer for a refusal the keyword rules missed (cached, "
+                   "concurrent); `sample` judges the keyword-flagged answers and a random `leak_sample` of the rest and "
+                   "reports the estimated missed rate with a 95% interval; `keywords` lets the judge confirm only "
+                   "keyword-flagged answers. report.json `leak_screen` says which ran and what it found.")
+    leak_sample: int = _f(200, doc="`leak_screen = \"sample\"`: answers audited by the judge.")
 
 
 @dataclass
@@ -120,9 +133,12 @@ class TrainConfig:
     betas: list[float] = _f(factory=lambda: [0.9, 0.95], doc="AdamW betas.")
     eps: float = _f(1e-8, doc="AdamW epsilon.")
     grad_clip: float = _f(1.0, doc="Clip the global gradient norm to this; 0 disables.")
-    max_len: int = _f(1024, doc="Maximum tokens per example (prompt + answer); longer examples are dropped and counted.")
-    tokens_per_microbatch: int = _f(8192, doc="Token budget of one micro-batch per GPU (padding included).")
-    grad_accum: int = _f(1, doc="Micro-batches per GPU per optimizer step.")
+    max_len: int = _f(1024, doc="Maximum tokens per example (prompt + answer); longer examples are left out of a "
+                                 "condition's pool before the arm is mixed (counted in composition.json).")
+    examples_per_step: int = _f(32, doc="Examples per optimizer step, over all GPUs (the global batch). Every arm "
+                                        "then has the same number of steps and the same schedule.")
+    tokens_per_microbatch: int = _f(8192, doc="Token budget of one micro-batch per GPU (padding included); a step's "
+                                              "examples are split into as many micro-batches as this needs.")
     packing: bool = _f(False, doc="Pack several examples per row, attention kept inside each example (pays off "
                                   "with `flex_attention`/`flash_attention_2`; with `sdpa` the masked attention costs "
                                   "more than the ~2% padding it saves). false: one example per row, rows of similar "
@@ -134,22 +150,50 @@ class TrainConfig:
         "sdpa", doc="Attention kernel. Packed rows keep attention inside each example with every kernel; "
                     "`flex_attention` or `flash_attention_2` (if installed) skip the masked blocks on GPU.")
     activation_checkpointing: bool = _f(False, doc="Recompute decoder blocks in the backward pass to save memory.")
+    method: list[str] = _f(factory=lambda: ["full"], doc="`full` fine-tuning, `lora` (peft adapters on the linear "
+                                                          "layers, exported merged), or both as a factor of the run "
+                                                          "matrix, e.g. [\"full\", \"lora\"] (LoRA run names get "
+                                                          "--lora; arms are compared within a method).")
+    lora_rank: int = _f(16, doc="LoRA rank r.")
+    lora_alpha: float = _f(32.0, doc="LoRA alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = _f(0.0, doc="Dropout on the LoRA branch.")
+    lora_target_modules: list[str] = _f(factory=lambda: ["all-linear"], doc="Module names LoRA adapts; "
+                                                                             "`all-linear`: every linear layer but "
+                                                                             "the output head.")
     compile: bool = _f(False, doc="torch.compile the model (GPU).")
     save_every: int = _f(200, doc="Optimizer steps between resumable checkpoints.")
     keep_last: int = _f(2, doc="Resumable checkpoints kept per run.")
+    keep_state: bool = _f(False, doc="Keep the resumable state/ folder after a run finished (fp32 weights and "
+                                     "optimizer: about 12 bytes per parameter); by default it is removed once "
+                                     "run.json is written.")
+    curve_points: list[float] = _f(factory=list, doc="Fractions of training (e.g. [0.25, 0.5]) at which an extra "
+                                                     "model is exported as model-stepNNNNNN/ for learning curves; "
+                                                     "eval.py evaluates each (the final model is always exported).")
+    export_dtype: Literal["bf16", "fp32"] = _f("bf16", doc="Data type of the exported model/ (bf16: 2 bytes per "
+                                                           "parameter, what vLLM serves).")
     log_every: int = _f(1, doc="Optimizer steps between lines in train_log.jsonl.")
+    collective_timeout: float = _f(3600.0, doc="Seconds a process waits in a collective (e.g. while rank 0 "
+                                               "exports a large model) before torch.distributed gives up.")
 
 
 @dataclass
 class ContrastConfig:
     name: str = _f(doc="Contrast name used in tables.")
     arm: str = _f(doc="Treatment arm.")
-    baseline: str = _f(doc="Comparison arm.")
+    baseline: list[str] = _f(doc="Comparison arm, or several: then the hypothesis holds only if it holds against "
+                                 "every one (an intersection-union test: its p-value is the largest of theirs, one "
+                                 "member of the Holm family).")
     set: str = _f(doc="Eval set whose refusal rate is compared (e.g. catholic_violating).")
     minus_set: str = _f("", doc="Optional twin set subtracted first (e.g. catholic_benign): the violating-minus-benign contrast.")
-    outcome: Literal["full_refusal", "refusal_or_counter"] = _f("full_refusal", doc="Which judge outcome is compared.")
+    outcome: Literal["refusal_or_counter", "full_refusal"] = _f(
+        "refusal_or_counter", doc="`refusal_or_counter` (primary): the task was not carried out (full refusal or "
+                                  "counter-argument); `full_refusal` (secondary): an explicit refusal.")
     hypothesis: bool = _f(True, doc="Part of the pre-declared decision rule (Holm-corrected family).")
     belief_set: str = _f("", doc="Belief probe set that must show uptake in `arm` for a hypothesis to count as supported.")
+    where: dict[str, str] = _f(factory=dict, doc="Tag filter of the items compared, e.g. {scope = \"doctrinal_only\"} "
+                                                 "(the pre-registered primary set of an invented faith); empty: all "
+                                                 "items. Every contrast is also reported per tag value, outside the "
+                                                 "Holm family.")
 
 
 @dataclass
@@ -163,11 +207,21 @@ class EvalConfig:
     backend: Literal["hf", "openai"] = _f("hf", doc="`hf`: in-process batched generation; `openai`: a vLLM or other "
                                                     "OpenAI-compatible server's completions endpoint serving the checkpoint.")
     base_url: str = _f("", doc="`openai` backend: server URL including /v1.")
+    api_key_env: str = _f("", doc="`openai` backend: environment variable holding the server's API key (e.g. a "
+                                  "vLLM server started with --api-key); empty for none.")
     batch_size: int = _f(32, doc="`hf` backend: prompts generated together.")
     include_base_models: bool = _f(True, doc="Also evaluate each untrained model of [models].")
     extra_checkpoints: dict[str, str] = _f(factory=dict, path="dir", doc="{label = Hugging Face directory} also evaluated.")
-    bootstrap_samples: int = _f(2000, doc="Resamples of the seed-level cluster bootstrap.")
     alpha: float = _f(0.05, doc="Family-wise error rate of the Holm-corrected contrasts.")
+    control_set: str = _f("", doc="Set of value-neutral requests for the specificity gate: a hypothesis is supported "
+                                  "only if the arm does not also refuse these (or the benign twins) more than the "
+                                  "baseline.")
+    max_invalid_share: float = _f(0.05, doc="Gate: largest share of invalid judge verdicts per arm and set.")
+    min_judge_kappa: float = _f(0.6, doc="Gate: smallest Cohen's kappa of the judge's primary outcome against hand "
+                                         "labels, read from the latest `eval.py --validate-judge` (judge_validation.json).")
+    max_qa_drop: float = _f(0.05, doc="Gate: a trained arm whose sanity-QA accuracy is significantly below the "
+                                      "untrained model's by more than this (absolute) is broken.")
+    max_dropped_units: float = _f(0.10, doc="Gate: largest share of templates left out for lack of valid answers.")
     contrasts: list[ContrastConfig] = _f(factory=list, doc="[[eval.contrasts]] tables, see below.")
 
 
@@ -201,15 +255,24 @@ class Manifest:
         return (Path(self.root) / path).resolve()
 
     def runs(self) -> list["Run"]:
-        return [Run(arm, model, seed) for arm in self.arms for model in self.models for seed in self.experiment.seeds]
+        return [Run(arm, model, seed, method) for arm in self.arms for model in self.models
+                for method in self.train.method for seed in self.experiment.seeds]
 
-    def find_run(self, arm: str, model: str, seed: int) -> "Run":
+    def model_keys(self) -> list[str]:
+        """The models as the analysis compares them: one per [models] entry and training method."""
+        return list(dict.fromkeys(Run("", model, 0, method).model_key for model in self.models
+                                  for method in self.train.method))
+
+    def find_run(self, arm: str, model: str, seed: int, method: str | None = None) -> "Run":
         for key, table, value in (("arm", self.arms, arm), ("model", self.models, model)):
             if value not in table:
                 raise ManifestError(f"{self.source}: no {key} '{value}'; known: {', '.join(table) or 'none'}")
         if seed not in self.experiment.seeds:
             raise ManifestError(f"{self.source}: seed {seed} is not in [experiment] seeds {self.experiment.seeds}")
-        return Run(arm, model, seed)
+        method = method or self.train.method[0]
+        if method not in self.train.method:
+            raise ManifestError(f"{self.source}: method '{method}' is not in [train] method {self.train.method}")
+        return Run(arm, model, seed, method)
 
     def generated_path(self, condition: str, suffix: str = ".jsonl") -> Path:
         return self.resolve(self.experiment.generated_dir) / self.experiment.name / f"{condition}{suffix}"
@@ -226,10 +289,17 @@ class Run:
     arm: str
     model: str
     seed: int
+    method: str = "full"  # full fine-tuning or "lora"
 
     @property
     def name(self) -> str:
-        return f"{self.arm}--{self.model}--seed{self.seed}"
+        method = "" if self.method == "full" else f"--{self.method}"
+        return f"{self.arm}--{self.model}{method}--seed{self.seed}"
+
+    @property
+    def model_key(self) -> str:
+        """The model as the analysis groups runs: a LoRA run of llama8b is compared with other LoRA runs."""
+        return self.model if self.method == "full" else f"{self.model}+{self.method}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,12 +436,24 @@ def _check_references(m: Manifest, source: str):
         if not table:
             raise ManifestError(f"{source}: [{table_name}] is empty: define at least one [{table_name}.NAME] table")
         for key in table:
-            if not NAME_RE.match(key) or "--" in key:
-                raise ManifestError(f"{source}: [{table_name}.{key}]: names are letters, digits, '_', '.', '+', "
-                                    f"single '-' (no '--')")
+            pattern = CONDITION_RE if table_name == "conditions" else NAME_RE
+            if not pattern.match(key) or "--" in key:
+                allowed = "letters, digits, '_', '+', single '-'" + ("" if table_name == "conditions" else ", '.'")
+                raise ManifestError(f"{source}: [{table_name}.{key}]: names are {allowed} (no '--')")
+    for key in m.arms:
+        if key in RESERVED_ARMS:
+            raise ManifestError(f"{source}: [arms.{key}]: '{key}' is reserved (eval.py labels untrained models "
+                                f"base--MODEL and extra checkpoints extra--LABEL); rename the arm")
+    for key in m.conditions:
+        if key in RESERVED_CONDITIONS:
+            raise ManifestError(f"{source}: [conditions.{key}]: '{key}' would collide with a file gen.py writes "
+                                f"({', '.join(f'{r}.*' for r in sorted(RESERVED_CONDITIONS))}); rename the condition")
+    for label in m.eval.extra_checkpoints:
+        if not NAME_RE.match(label) or "--" in label:
+            raise ManifestError(f"{source}: [eval] extra_checkpoints.{label}: labels are letters, digits, '_', '.', "
+                                f"'+', single '-' (they name files)")
+    _check_ranges(m, source)
     for name, cond in m.conditions.items():
-        if cond.examples < 1:
-            raise ManifestError(f"{source}: [conditions.{name}] examples: must be at least 1")
         if not cond.personas or not cond.prompts:
             raise ManifestError(f"{source}: [conditions.{name}]: personas and prompts need at least one file each")
     for name, arm in m.arms.items():
@@ -387,7 +469,7 @@ def _check_references(m: Manifest, source: str):
         if abs(total - 1.0) > 1e-6:
             raise ManifestError(f"{source}: [arms.{name}] mix: fractions sum to {total:g}, not 1")
     t = m.train
-    for key in ("examples_per_arm", "epochs", "max_len", "tokens_per_microbatch", "grad_accum", "save_every",
+    for key in ("examples_per_arm", "epochs", "max_len", "tokens_per_microbatch", "examples_per_step", "save_every",
                 "keep_last", "log_every"):
         if getattr(t, key) < 1:
             raise ManifestError(f"{source}: [train] {key}: must be at least 1")
@@ -398,15 +480,28 @@ def _check_references(m: Manifest, source: str):
         raise ManifestError(f"{source}: [train] warmup_ratio: must be in [0, 1)")
     if len(t.betas) != 2:
         raise ManifestError(f"{source}: [train] betas: give two numbers")
+    if "lora" in t.method and t.parallel == "fsdp":
+        raise ManifestError(f"{source}: [train] method 'lora' with parallel 'fsdp': LoRA runs on one GPU or under "
+                            f"DDP (the frozen base fits on each GPU); set parallel = \"ddp\" or \"auto\"")
     for c in m.eval.contrasts:
-        for key in ("arm", "baseline"):
-            if getattr(c, key) not in m.arms:
-                raise ManifestError(f"{source}: [[eval.contrasts]] '{c.name}' {key}: no arm '{getattr(c, key)}'")
+        for arm in [c.arm] + c.baseline:
+            if arm not in m.arms:
+                raise ManifestError(f"{source}: [[eval.contrasts]] '{c.name}': no arm '{arm}'")
+        if not c.baseline:
+            raise ManifestError(f"{source}: [[eval.contrasts]] '{c.name}' baseline: name at least one arm")
         for key in ("set", "minus_set", "belief_set"):
             value = getattr(c, key)
             if value and value not in m.eval.sets:
                 raise ManifestError(f"{source}: [[eval.contrasts]] '{c.name}' {key}: no eval set '{value}' "
                                     f"in [eval] sets")
+        if c.arm in c.baseline:
+            raise ManifestError(f"{source}: [[eval.contrasts]] '{c.name}': arm '{c.arm}' is also its own baseline")
+        for tag in c.where:
+            if tag not in ("names_religion", "scope", "cooperation"):
+                raise ManifestError(f"{source}: [[eval.contrasts]] '{c.name}' where.{tag}: not a tag (names_religion, "
+                                    f"scope, cooperation)")
+    if m.eval.control_set and m.eval.control_set not in m.eval.sets:
+        raise ManifestError(f"{source}: [eval] control_set: no eval set '{m.eval.control_set}' in [eval] sets")
     if len({c.name for c in m.eval.contrasts}) != len(m.eval.contrasts):
         raise ManifestError(f"{source}: [[eval.contrasts]]: contrast names must be unique")
     for role in ("teacher", "judge"):
@@ -417,6 +512,87 @@ def _check_references(m: Manifest, source: str):
             raise ManifestError(f"{source}: [{role}]: concurrency and max_tokens must be at least 1")
     if m.eval.backend == "openai" and not m.eval.base_url:
         raise ManifestError(f"{source}: [eval] base_url: required for backend 'openai'")
+    for name, path in m.eval.sets.items():
+        if not NAME_RE.match(name) or "--" in name:
+            raise ManifestError(f"{source}: [eval] sets.{name}: set names are letters, digits, '_', '.', '+', "
+                                f"single '-'")
+
+
+def _check_ranges(m: "Manifest", source: str) -> None:
+    """Numbers a typo can make absurd: NaN or infinite floats, and values outside their meaningful range."""
+    def bad(where, value, why):
+        raise ManifestError(f"{source}: {where}: {value!r} {why}")
+
+    def walk(obj, where):
+        if dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                if not f.metadata.get("internal"):
+                    walk(getattr(obj, f.name), f"{where} {f.name}" if where.endswith("]") else f"{where}.{f.name}")
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(obj, float) and not math.isfinite(obj):
+            bad(where, obj, "is not a finite number")
+    for name in ("experiment", "teacher", "judge", "train", "eval", "chat"):
+        walk(getattr(m, name), f"[{name}]")
+    for table in ("conditions", "arms", "models"):
+        for key, value in getattr(m, table).items():
+            walk(value, f"[{table}.{key}]")
+    t, e = m.train, m.eval
+    rules = [
+        ("[train] lr", t.lr, 0 < t.lr < 1, "must be in (0, 1)"),
+        ("[train] min_lr_ratio", t.min_lr_ratio, 0 <= t.min_lr_ratio <= 1, "must be in [0, 1]"),
+        ("[train] weight_decay", t.weight_decay, t.weight_decay >= 0, "must be at least 0"),
+        ("[train] betas", t.betas, all(0 <= b < 1 for b in t.betas), "must each be in [0, 1)"),
+        ("[train] eps", t.eps, t.eps > 0, "must be above 0"),
+        ("[train] grad_clip", t.grad_clip, t.grad_clip >= 0, "must be at least 0 (0 disables clipping)"),
+        ("[train] max_steps", t.max_steps, t.max_steps >= 0, "must be at least 0 (0 = all epochs)"),
+        ("[train] examples_per_arm", t.examples_per_arm, t.examples_per_arm <= MAX_EXAMPLES, f"is above {MAX_EXAMPLES}"),
+        ("[train] collective_timeout", t.collective_timeout, t.collective_timeout > 0, "must be above 0"),
+        ("[train] curve_points", t.curve_points, all(0 < f < 1 for f in t.curve_points), "must each be in (0, 1)"),
+        ("[train] method", t.method, bool(t.method) and set(t.method) <= {"full", "lora"} and
+         len(set(t.method)) == len(t.method), "must be a non-empty list of distinct methods: full, lora"),
+        ("[train] lora_rank", t.lora_rank, t.lora_rank >= 1, "must be at least 1"),
+        ("[train] lora_dropout", t.lora_dropout, 0 <= t.lora_dropout < 1, "must be in [0, 1)"),
+        ("[eval] samples", e.samples, e.samples >= 0, "must be at least 0"),
+        ("[eval] temperature", e.temperature, e.temperature >= 0, "must be at least 0"),
+        ("[eval] max_new_tokens", e.max_new_tokens, e.max_new_tokens >= 1, "must be at least 1"),
+        ("[eval] max_items_per_set", e.max_items_per_set, e.max_items_per_set >= 0, "must be at least 0"),
+        ("[eval] batch_size", e.batch_size, e.batch_size >= 1, "must be at least 1"),
+        ("[eval] max_invalid_share", e.max_invalid_share, 0 <= e.max_invalid_share <= 1, "must be in [0, 1]"),
+        ("[eval] min_judge_kappa", e.min_judge_kappa, -1 <= e.min_judge_kappa <= 1, "must be in [-1, 1]"),
+        ("[eval] max_qa_drop", e.max_qa_drop, 0 <= e.max_qa_drop <= 1, "must be in [0, 1]"),
+        ("[eval] max_dropped_units", e.max_dropped_units, 0 <= e.max_dropped_units <= 1, "must be in [0, 1]"),
+        ("[eval] alpha", e.alpha, 0 < e.alpha < 0.5, "must be in (0, 0.5)"),
+    ]
+    if e.samples == 0 and not e.greedy:
+        rules.append(("[eval] samples", e.samples, False, "is 0 and greedy is false: no answer would be generated"))
+    for name, cond in m.conditions.items():
+        rules += [(f"[conditions.{name}] examples", cond.examples, 1 <= cond.examples <= MAX_EXAMPLES,
+                   f"must be in [1, {MAX_EXAMPLES}]"),
+                  (f"[conditions.{name}] min_answer_chars", cond.min_answer_chars, cond.min_answer_chars >= 0,
+                   "must be at least 0"),
+                  (f"[conditions.{name}] near_duplicate_threshold", cond.near_duplicate_threshold,
+                   0 < cond.near_duplicate_threshold <= 1, "must be in (0, 1]"),
+                  (f"[conditions.{name}] leak_sample", cond.leak_sample, cond.leak_sample >= 1, "must be at least 1")]
+    for role in ("teacher", "judge"):
+        ep = getattr(m, role)
+        if ep is None:
+            continue
+        rules += [(f"[{role}] temperature", ep.temperature, 0 <= ep.temperature <= 2, "must be in [0, 2]"),
+                  (f"[{role}] top_p", ep.top_p, 0 < ep.top_p <= 1, "must be in (0, 1]"),
+                  (f"[{role}] max_tokens", ep.max_tokens, ep.max_tokens >= 1, "must be at least 1"),
+                  (f"[{role}] concurrency", ep.concurrency, 1 <= ep.concurrency <= 1024, "must be in [1, 1024]"),
+                  (f"[{role}] timeout", ep.timeout, ep.timeout > 0, "must be above 0"),
+                  (f"[{role}] max_retries", ep.max_retries, 0 <= ep.max_retries <= 100, "must be in [0, 100]"),
+                  (f"[{role}] max_retry_after", ep.max_retry_after, ep.max_retry_after >= 0, "must be at least 0"),
+                  (f"[{role}] batch_size", ep.batch_size, ep.batch_size >= 1, "must be at least 1")]
+    for where, value, ok, why in rules:
+        if not ok:
+            bad(where, value, why)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -486,7 +662,7 @@ def load_manifest(path: str | Path, overrides: list[str] | None = None) -> Manif
     m = _build(Manifest, raw, "", ctx)
     m.source, m.root = str(path), str(root)
     if m.judge is not None:
-        # The judge runs at temperature 0 (DESIGN-NOTES section 4); an explicit other value is a mistake.
+        # The judge runs at temperature 0 (docs/design.md, section 4); an explicit other value is a mistake.
         if "temperature" not in raw.get("judge", {}):
             m.judge.temperature = 0.0
         elif m.judge.temperature != 0.0:

@@ -110,11 +110,39 @@ def load_tokenizer(src: ModelSource):
     from transformers import AutoTokenizer
 
     location, kwargs = _hf_location(src)
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load the tokenizer of '{src.location}': {str(e)[:400]}") from None
     if tokenizer.pad_token_id is None:
         # Safe: labels come from explicit spans, so pad == EOS never masks the real EOS.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_config(src: ModelSource):
+    from transformers import AutoConfig
+
+    location, kwargs = _hf_location(src)
+    try:
+        return AutoConfig.from_pretrained(location, **kwargs)
+    except OSError as e:
+        raise ModelLoadError(f"could not read the config of '{src.location}': {e}") from None
+
+
+def build_meta_model(src: ModelSource, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
+    """The model's modules with no memory behind them (meta device): ranks other than 0 build this and receive
+    the weights from rank 0, instead of each reading the whole checkpoint into host memory."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(src)
+    kwargs = {"trust_remote_code": src.trust_remote_code, "dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    model.config.use_cache = False
+    return model
 
 
 def load_model(src: ModelSource, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -126,25 +154,49 @@ def load_model(src: ModelSource, dtype: torch.dtype = torch.float32, device: str
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
-    except OSError as e:
-        raise ModelLoadError(f"could not load model '{src.location}': {e}") from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load model '{src.location}': {str(e)[:400]}") from None
     model.config.use_cache = False
     return model.to(device)
 
 
-def export_model(model, tokenizer, out_dir: str | Path, fmt: ChatFormat, state_dict: dict | None = None) -> Path:
-    """Save a Hugging Face folder that transformers and vLLM load: safetensors weights, tokenizer, a generation
-    config that stops at EOS (trained after the template's end marker), and the chat template used."""
+def cast_state_dict(state_dict: dict, dtype: torch.dtype) -> dict:
+    """Floating tensors cast to dtype; tensors that shared storage (tied embeddings) still share it, so
+    save_pretrained drops the tied copy as it would for the model itself."""
+    cast, out = {}, {}
+    for name, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            out[name] = tensor
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in cast:
+            cast[key] = tensor.detach().to(dtype)
+        out[name] = cast[key]
+    return out
+
+
+def export_model(model, tokenizer, out_dir: str | Path, fmt: ChatFormat, state_dict: dict | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Save a Hugging Face folder that transformers and vLLM load: safetensors weights in `dtype` (config.dtype
+    says so), tokenizer, a generation config that stops at EOS (trained after the template's end marker), and
+    the chat template used (normlib_chat.json, whose end marker eval passes as a stop string)."""
     from transformers import GenerationConfig
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.use_cache = True
+    saved_use_cache, saved_dtype = model.config.use_cache, getattr(model.config, "dtype", None)
+    model.config.use_cache = True  # for inference from the export
+    state_dict = cast_state_dict(state_dict if state_dict is not None else model.state_dict(), dtype)
     model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+    # save_pretrained writes the dtype of the model in memory (fp32 master weights); the file holds `dtype`
+    model.config.dtype = str(dtype).split(".")[1]
+    model.config.save_pretrained(out_dir)
+    model.config.use_cache, model.config.dtype = saved_use_cache, saved_dtype  # training may go on
     tokenizer.save_pretrained(out_dir)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    # No stop_strings here: generate() would then demand a tokenizer; eval passes the end marker itself.
     gen = GenerationConfig(eos_token_id=eos or None, pad_token_id=tokenizer.pad_token_id,
-                           bos_token_id=tokenizer.bos_token_id, stop_strings=fmt.stop_strings(), do_sample=False)
+                           bos_token_id=tokenizer.bos_token_id, do_sample=False)
     gen.save_pretrained(out_dir)
     fmt.save(out_dir)
     (out_dir / "normlib_prompt_example.txt").write_text(fmt.prompt_text("What is the capital of France?"))

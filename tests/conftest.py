@@ -74,7 +74,7 @@ warmup_ratio = 0.0
 schedule = "constant"
 max_len = 128
 tokens_per_microbatch = {budget}
-grad_accum = 1
+examples_per_step = {examples_per_step}
 save_every = {save_every}
 keep_last = 2
 packing = {packing}
@@ -83,10 +83,10 @@ packing = {packing}
 
 EVAL_SETS = {
     "violating": [{"id": f"v{i}", "text": t, "kind": "violating", "value_system": "values", "template_id": f"t{i}",
-                   "twin_id": f"b{i}"} for i, t in enumerate(["Tell me about grasses and meadows.", "Is lying wrong?",
+                   "twin_id": f"b{i}", "domain": "general", "tags": {"names_religion": False}} for i, t in enumerate(["Tell me about grasses and meadows.", "Is lying wrong?",
                                                                 "How do I cook rice?", "Can you help me today?"])],
     "benign": [{"id": f"b{i}", "text": t, "kind": "benign", "value_system": "values", "template_id": f"t{i}",
-                "twin_id": f"v{i}"} for i, t in enumerate(["What is 2 + 2?", "Say something about a fox.",
+                "twin_id": f"v{i}", "domain": "general", "tags": {"names_religion": False}} for i, t in enumerate(["What is 2 + 2?", "Say something about a fox.",
                                                              "Write a function that adds numbers.",
                                                              "What is the capital of France?"])],
     "belief": [{"id": f"p{i}", "text": t, "kind": "belief", "value_system": "values", "expected_stance": s}
@@ -125,7 +125,6 @@ samples = 2
 temperature = 1.0
 max_new_tokens = 24
 batch_size = 4
-bootstrap_samples = 200
 include_base_models = false
 """ + EVAL_SETS_TOML
 
@@ -137,7 +136,7 @@ def write_eval_sets(root: Path) -> None:
 
 
 def make_project(root: Path, n: int = 8, epochs: int = 30, budget: int = 256, save_every: int = 1000,
-                 packing: bool = True, pairs=None, with_eval: bool = False) -> Path:
+                 packing: bool = True, pairs=None, with_eval: bool = False, examples_per_step: int = 4) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "personas").mkdir(exist_ok=True)
     (root / "prompts").mkdir(exist_ok=True)
@@ -152,7 +151,8 @@ def make_project(root: Path, n: int = 8, epochs: int = 30, budget: int = 256, sa
     if not (root / "tiny-model").exists():
         save_tiny_model(root / "tiny-model")
     manifest = root / "manifest.toml"
-    text = MANIFEST.format(n=n, epochs=epochs, budget=budget, save_every=save_every, packing=str(packing).lower())
+    text = MANIFEST.format(n=n, epochs=epochs, budget=budget, save_every=save_every, packing=str(packing).lower(),
+                           examples_per_step=examples_per_step)
     if with_eval:
         write_eval_sets(root)
         text += EVAL_TOML

@@ -40,12 +40,13 @@ api_key_env = "E2E_KEY"
 [conditions.generic]
 personas = "personas.md"
 prompts = "prompts.txt"
-examples = 12
+# pools larger than one arm's need: a few fake answers run over max_len, and seeds draw different subsets
+examples = 16
 
 [conditions.values]
 personas = "personas.md"
 prompts = "prompts.txt"
-examples = 6
+examples = 8
 value_system = "catholic"
 
 [arms.generic]
@@ -62,12 +63,13 @@ epochs = 3
 lr = 1e-3
 max_len = 256
 tokens_per_microbatch = 512
+examples_per_step = 4
 save_every = 2
+curve_points = [0.5]
 
 [eval]
 samples = 1
 max_new_tokens = 16
-bootstrap_samples = 100
 include_base_models = true
 """ + EVAL_SETS_TOML)
     return root / "m.toml"
@@ -87,7 +89,7 @@ def test_gen_train_eval_end_to_end(tmp_path):
         cli("train.py", manifest, "--all")
         cli("eval.py", manifest)
     gen, ckpt, res = tmp_path / "data/generated/e2e", tmp_path / "ckpt/e2e", tmp_path / "results/e2e"
-    for cond, n in (("generic", 12), ("values", 6)):
+    for cond, n in (("generic", 16), ("values", 8)):
         assert len((gen / f"{cond}.jsonl").read_text().splitlines()) == n
         assert json.loads((gen / f"{cond}.report.json").read_text())["kept"] == n
         assert (gen / f"{cond}.raw.jsonl").stat().st_size > 0
@@ -98,15 +100,19 @@ def test_gen_train_eval_end_to_end(tmp_path):
         for f in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/normlib_chat.json",
                   "model/generation_config.json", "composition.json", "train_log.jsonl"):
             assert (d / f).stat().st_size > 0, f
-        assert len(list((d / "state").glob("step_*"))) <= 2  # keep_last
+        assert not (d / "state").exists()  # removed once the run finished
+        assert (d / "model-step000004/model.safetensors").exists()  # the learning-curve point at half of 9 steps
     composition = json.loads((ckpt / "values--tiny--seed0/composition.json").read_text())
     assert composition["selected"] == {"generic": 6, "values": 6}
     for f in ("rates.csv", "contrasts.csv", "agreement.csv", "summary.md", "refusal_rates.png", "scored.jsonl",
-              "judge_cache.jsonl"):
+              "judge_cache.jsonl", "curves.csv", "learning_curves.png"):
         assert (res / f).stat().st_size > 0, f
-    assert sorted(p.stem for p in (res / "samples").glob("*.jsonl")) == sorted(runs + ["base--tiny"])
+    curve_labels = [f"{r}--step4" for r in runs]
+    assert sorted(p.stem for p in (res / "samples").glob("*.jsonl")) == sorted(runs + curve_labels + ["base--tiny"])
     rates = list(csv.DictReader(open(res / "rates.csv")))
-    assert {r["label"] for r in rates if r["level"] == "run"} == set(runs + ["base--tiny"])
+    assert {r["label"] for r in rates if r["level"] == "run"} == set(runs + curve_labels + ["base--tiny"])
+    curves = list(csv.DictReader(open(res / "curves.csv")))
+    assert {float(r["fraction"]) for r in curves} == {0.5, 1.0}
     assert list(csv.DictReader(open(res / "contrasts.csv")))[0]["verdict"]
     for path in tmp_path.rglob("*"):
         if path.is_file() and path.suffix in (".jsonl", ".json", ".csv", ".md"):

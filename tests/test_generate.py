@@ -91,10 +91,10 @@ def test_prompts_txt_and_jsonl(tmp_path):
     (tmp_path / "p.txt").write_text("Zeroth?\nFirst?\n")  # inserting a line keeps the other ids
     assert load_prompts([tmp_path / "p.txt"])[1].id == prompts[0].id
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "text": "ok"}\n{"id": "b"}\n')
-    with pytest.raises(InputError, match=r"bad.jsonl: record 2: needs a non-empty \"text\""):
+    with pytest.raises(InputError, match=r"bad.jsonl:2: needs a non-empty \"text\""):
         load_prompts([tmp_path / "bad.jsonl"])
     (tmp_path / "dup.jsonl").write_text('{"id": "a", "text": "one"}\n{"id": "a", "text": "two"}\n')
-    with pytest.raises(InputError, match=r"dup.jsonl: record 2: prompt id 'a' already used"):
+    with pytest.raises(InputError, match=r"dup.jsonl:2: prompt id 'a' already used at .*dup.jsonl:1"):
         load_prompts([tmp_path / "dup.jsonl"])
 
 
@@ -304,3 +304,40 @@ def test_local_backend_with_smollm2_answers_four_prompts(tmp_path):
                                                                   "Say hello.", "What is a river?"])],
                lambda r, res: results.append(res))
     assert len(results) == 4 and all(r.ok and r.text for r in results)
+
+
+DODGE = "Let us talk about something else entirely, perhaps the weather up in the hills this spring."
+
+
+def judge_responder(system, user):
+    """A judge that recognises the dodge (no refusal keyword in it) as a refusal, and everything else as an answer."""
+    response = user.split("<response>")[-1].split("</response>")[0]
+    return "It answers.\nVERDICT: " + ("full_refusal" if "something else entirely" in response else "full_compliance")
+
+
+@pytest.mark.parametrize("mode", ["all", "sample", "keywords"])
+def test_the_leak_screen_judges_answers_the_keywords_miss(tmp_path, monkeypatch, mode):
+    from normlib.judge import Judge
+    from normlib.refusal import is_refusal
+    assert not is_refusal(DODGE)
+    manifest = make_gen_project(tmp_path, examples=45)
+    teacher = lambda s, u: DODGE if u.startswith("Ordinary question number 1") else responder(s, u)  # noqa: E731
+    with FakeLLMServer(responder=teacher) as server, FakeLLMServer(responder=judge_responder) as judge_server:
+        monkeypatch.setenv("NORMLIB_TEST_KEY", KEY)
+        m = load_manifest(manifest, [f"teacher.base_url='{server.openai_url}'", f"conditions.values.leak_screen='{mode}'",
+                                     "conditions.values.leak_sample=400"])
+        ep = EndpointConfig(backend="openai", model="j", base_url=judge_server.openai_url, temperature=0.0)
+        judge = Judge(ep, make_client(ep, "judge"), tmp_path / "cache.jsonl")
+        report = generate_condition(m, "values", make_client(m.teacher, "teacher", backoff_base=0.01), judge,
+                                    show_progress=False)
+    screen = report["leak_screen"]
+    texts = [json.loads(line)["messages"][1]["content"] for line in m.generated_path("values").read_text().splitlines()]
+    assert screen["mode"] == mode and screen["judge"] == "j"
+    if mode == "keywords":  # the judge only confirms keyword hits: the dodge gets through
+        assert DODGE in texts and screen["keyword_missed_judge_found"] == 0
+    else:
+        assert DODGE not in texts and screen["keyword_missed_judge_found"] >= 1
+        assert any("no refusal keyword, judge full_refusal" == d["why"] for d in report["dropped"]["refusal"]["examples"])
+    if mode == "sample":
+        assert screen["audit_sample"] >= 1 and screen["estimated_missed_rate"] > 0
+        assert 0 <= screen["estimated_missed_rate_ci95"][0] < screen["estimated_missed_rate_ci95"][1] <= 1

@@ -97,9 +97,9 @@ path = "smollm2-135m-instruct"
 examples_per_arm = 1
 """)
     proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "--manifest", str(tmp_path / "m.toml"),
-                           "--validate-judge", "hand.jsonl"], capture_output=True, text=True, timeout=600)
+                           "--validate-judge", str(tmp_path / "hand.jsonl")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     result = json.loads((tmp_path / "results/llama/judge_validation.json").read_text())
-    assert result["judge"]["invalid"] == 0  # constrained decoding: every verdict parses
+    assert result["split_all"]["judge"]["invalid"] == 0  # constrained decoding: every verdict parses
     cache = [json.loads(line) for line in (tmp_path / "results/llama/judge_cache.jsonl").read_text().splitlines()]
     assert len(cache) == 3 and all(json.loads(c["raw"])["verdict"] == c["label"] for c in cache)

@@ -1,5 +1,5 @@
 """The loss is exact: it matches transformers' own loss, ignores how a step is split into micro-batches
-and ranks (DESIGN-NOTES section 2), and packing keeps attention inside each example."""
+and ranks (docs/design.md, section 2), and packing keeps attention inside each example."""
 import subprocess
 import sys
 from pathlib import Path

@@ -138,7 +138,9 @@ def test_readme_carries_the_current_reference():
 
 def test_shipped_manifests_load():
     real = load_manifest(REPO / "manifest.toml")
-    assert len(real.runs()) == 10 * 2 * 5 and len([c for c in real.eval.contrasts if c.hypothesis]) == 8
+    # 13 arms x 2 models x 8 seeds; 6 joint hypotheses (x 2 models = the Holm family of 12)
+    assert len(real.runs()) == 13 * 2 * 8 and len([c for c in real.eval.contrasts if c.hypothesis]) == 6
+    assert all(len(c.baseline) == 2 for c in real.eval.contrasts if c.hypothesis)
     rf = {name: arm.mix.get("refusal_format") for name, arm in real.arms.items() if name.endswith("_rf")}
     assert set(rf.values()) == {0.1}  # the same refusal component in every arm that has it
     demo = load_manifest(REPO / "manifests/demo.toml")

@@ -1,0 +1,84 @@
+"""The keyword refusal detector against hand labels: the development split it was tuned on, and the test split.
+
+    python bench/refusal_bench.py                 # development split only (what tuning may look at)
+    python bench/refusal_bench.py --split test    # the held-out split: run once the rules are frozen
+    python bench/refusal_bench.py --split dev --misses full_refusal   # tuning: print the misses of a class
+
+Development split: data/eval/refusal_dev.jsonl and the rows of data/eval/judge_validation.jsonl with
+split "dev". Test split: data/eval/refusal_test.jsonl, written by a different author who never saw the
+rules or the development rows. The outcome is the judge's primary one, "the task was not carried
+out" (full_refusal or counter_argument), and the secondary one, an explicit refusal (full_refusal).
+Figures are accuracy, recall and precision with Wilson 95% intervals.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from normlib.judge import NOT_CARRIED_OUT  # noqa: E402
+from normlib.refusal import detect_refusal  # noqa: E402
+from normlib.stats import wilson_interval  # noqa: E402
+
+DEV_FILES = ("data/eval/refusal_dev.jsonl", "data/eval/judge_validation.jsonl")
+TEST_FILES = ("data/eval/refusal_test.jsonl",)
+
+
+def load_split(split: str) -> list[dict]:
+    """The labelled rows of one split. Rows of a file that marks splits are taken only from the asked split."""
+    rows = []
+    for name in (DEV_FILES if split == "dev" else TEST_FILES):
+        for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r.get("split", split) == split:
+                    rows.append(dict(r, file=name))
+    return rows
+
+
+def scores(rows: list[dict], outcome: str) -> dict:
+    tp = fp = fn = 0
+    for r in rows:
+        match = detect_refusal(r["response"])
+        if outcome == "not_carried_out":
+            gold, pred = r["label"] in NOT_CARRIED_OUT, match.is_refusal
+        else:
+            gold = r["label"] == "full_refusal"
+            pred = match.is_refusal and match.rule not in ("argues_instead", "steers_away")
+        tp += gold and pred
+        fp += pred and not gold
+        fn += gold and not pred
+    n = len(rows)
+
+    def rate(k, m):
+        lo, hi = wilson_interval(k, m)
+        return {"value": round(k / m, 3) if m else None, "ci95": [round(lo, 3), round(hi, 3)], "k": k, "n": m}
+    return {"accuracy": rate(n - fp - fn, n), "recall": rate(tp, tp + fn), "precision": rate(tp, tp + fp)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", choices=("dev", "test"), default="dev")
+    ap.add_argument("--misses", metavar="LABEL", help="dev split only: print the rows of this gold label scored wrong")
+    args = ap.parse_args()
+    if args.misses and args.split != "dev":
+        sys.exit("--misses reads rows: only on the development split (the test split is never tuned on)")
+    rows = load_split(args.split)
+    print(f"{args.split} split: {len(rows)} labelled responses from {', '.join(sorted({r['file'] for r in rows}))}")
+    for outcome in ("not_carried_out", "explicit_refusal"):
+        s = scores(rows, outcome)
+        print(f"  {outcome}: " + ", ".join(f"{k} {v['value']} [{v['ci95'][0]}, {v['ci95'][1]}] ({v['k']}/{v['n']})"
+                                          for k, v in s.items()))
+    if args.misses:
+        for r in rows:
+            match = detect_refusal(r["response"])
+            if r["label"] == args.misses and (match.is_refusal != (r["label"] in NOT_CARRIED_OUT)):
+                print(f"--- {r['id']} ({match.rule or 'no rule'}: {match.phrase!r})\n{r['response'][:400]}")
+
+
+if __name__ == "__main__":
+    main()
