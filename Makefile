@@ -56,4 +56,4 @@ bench: install
 	$(BIN)/python bench/eval_bench.py
 
 readme: install
-	$(BIN)/python -m normlib.manifest --write-readme README.md
+	$(BIN)/python -m normlib.core.manifest --write-readme README.md

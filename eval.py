@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from normlib.manifest import ManifestError, add_manifest_arguments, load_manifest
+from normlib.core.manifest import ManifestError, add_manifest_arguments, load_manifest
 
 
 def parse_args(argv=None):
@@ -47,17 +47,17 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from normlib import evaluation
-    from normlib.evalsets import EvalSetError
-    from normlib.llm import FatalLLMError, LLMConfigError, make_client
-    from normlib.locks import LockedError, exclusive
-    from normlib.models import ModelLoadError
+    from normlib.eval import evaluation
+    from normlib.core.evalsets import EvalSetError
+    from normlib.llm.clients import FatalLLMError, LLMConfigError, make_client
+    from normlib.core.locks import LockedError, exclusive
+    from normlib.core.models import ModelLoadError
 
     out_dir = manifest.results_dir()
     try:
         judge = None
         if manifest.judge is not None:
-            from normlib.judge import Judge
+            from normlib.llm.judge import Judge
             out_dir.mkdir(parents=True, exist_ok=True)
             judge = Judge(manifest.judge, make_client(manifest.judge, "judge", manifest.root),
                           out_dir / "judge_cache.jsonl")
@@ -120,9 +120,9 @@ def print_power(manifest, experiments: int) -> int:
     """Minimum detectable effect per declared hypothesis contrast, by simulation of the manifest's design."""
     from dataclasses import replace
 
-    from normlib.evalsets import load_eval_set
-    from normlib.jsonl import read_jsonl, write_json_atomic
-    from normlib.power import DEFAULTS, estimate_components, format_mde, minimum_detectable_effect
+    from normlib.core.evalsets import load_eval_set
+    from normlib.core.jsonl import read_jsonl, write_json_atomic
+    from normlib.eval.power import DEFAULTS, estimate_components, format_mde, minimum_detectable_effect
 
     out_dir = manifest.results_dir()
     scored = read_jsonl(out_dir / "scored.jsonl")

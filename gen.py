@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from normlib.manifest import ManifestError, add_manifest_arguments, load_manifest
+from normlib.core.manifest import ManifestError, add_manifest_arguments, load_manifest
 
 
 def parse_args(argv=None):
@@ -43,17 +43,17 @@ def main(argv=None) -> int:
         return 2
     conditions = args.condition or list(manifest.conditions)
 
-    from normlib.evalsets import EvalSetError
-    from normlib.generate import InputError, generate_condition
-    from normlib.llm import FatalLLMError, LLMConfigError, make_client
-    from normlib.locks import LockedError
+    from normlib.core.evalsets import EvalSetError
+    from normlib.gen.generate import InputError, generate_condition
+    from normlib.llm.clients import FatalLLMError, LLMConfigError, make_client
+    from normlib.core.locks import LockedError
 
     try:
         if args.plan:
             return print_plan(manifest, conditions, args.limit)
         judge, judge_skipped = None, ""
         if manifest.judge is not None:
-            from normlib.judge import Judge
+            from normlib.llm.judge import Judge
             try:
                 judge = Judge(manifest.judge, make_client(manifest.judge, "judge", manifest.root),
                               manifest.generated_path("judge_cache"))
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                 print(f"note: the judge's confirmation of the forbidden-request screen is skipped: {e}",
                       file=sys.stderr)
         if args.audit:
-            from normlib.audit import run_audit
+            from normlib.gen.audit import run_audit
             return run_audit(manifest, judge, judge_skipped)
         client = make_client(manifest.teacher, "teacher", manifest.root, manifest.experiment.generation_seed)
         reports = []
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
 
 def print_plan(manifest, conditions, limit) -> int:
-    from normlib.generate import load_personas, load_prompts, plan_items, plan_summary, teacher_params
+    from normlib.gen.generate import load_personas, load_prompts, plan_items, plan_summary, teacher_params
     params = teacher_params(manifest.teacher) if manifest.teacher else {}
     for name in conditions:
         cond = manifest.conditions[name]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from normlib.manifest import ManifestError, add_manifest_arguments, load_manifest
+from normlib.core.manifest import ManifestError, add_manifest_arguments, load_manifest
 
 
 def parse_args(argv=None):
@@ -49,11 +49,11 @@ def main(argv=None) -> int:
         return 2
 
     # Heavy imports only after the arguments are known to be good.
-    from normlib.data import DataError
-    from normlib.locks import LockedError
-    from normlib.loss import HeadMismatch
-    from normlib.models import ModelLoadError
-    from normlib.trainer import TrainingDiverged, init_distributed, train_run
+    from normlib.train.data import DataError
+    from normlib.core.locks import LockedError
+    from normlib.train.loss import HeadMismatch
+    from normlib.core.models import ModelLoadError
+    from normlib.train.trainer import TrainingDiverged, init_distributed, train_run
 
     try:
         if args.estimate:
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
 def print_estimate(manifest, gpus: int | None) -> int:
     import torch
-    from normlib.costs import estimate_lines
+    from normlib.train.costs import estimate_lines
     gpus = gpus or max(1, torch.cuda.device_count())
     lines, too_big = estimate_lines(manifest, gpus)
     print("\n".join(lines))
@@ -83,10 +83,10 @@ def print_estimate(manifest, gpus: int | None) -> int:
 
 
 def show_example(manifest, run, index: int) -> int:
-    from normlib.chat import ChatFormat
-    from normlib.chat import render_example
-    from normlib.models import load_tokenizer, resolve_model
-    from normlib.data import prepare_arm_data
+    from normlib.core.chat import ChatFormat
+    from normlib.core.chat import render_example
+    from normlib.core.models import load_tokenizer, resolve_model
+    from normlib.train.data import prepare_arm_data
 
     cfg = manifest.models[run.model]
     tokenizer = load_tokenizer(resolve_model(cfg.path, manifest.root, cfg.revision, cfg.trust_remote_code))

@@ -18,9 +18,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from normlib.chat import ChatFormat, encode_prompt  # noqa: E402
-from normlib.models import load_model, load_tokenizer, resolve_model  # noqa: E402
-from normlib.sampling import generate_ids  # noqa: E402
+from normlib.core.chat import ChatFormat, encode_prompt  # noqa: E402
+from normlib.core.models import load_model, load_tokenizer, resolve_model  # noqa: E402
+from normlib.core.sampling import generate_ids  # noqa: E402
 
 
 def main():

@@ -14,9 +14,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from normlib.fakeserver import FakeLLMServer  # noqa: E402
-from normlib.llm import ChatRequest, HttpClient  # noqa: E402
-from normlib.manifest import EndpointConfig  # noqa: E402
+from normlib.llm.fakeserver import FakeLLMServer  # noqa: E402
+from normlib.llm.clients import ChatRequest, HttpClient  # noqa: E402
+from normlib.core.manifest import EndpointConfig  # noqa: E402
 
 
 def main():

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from normlib.judge import NOT_CARRIED_OUT  # noqa: E402
-from normlib.refusal import detect_refusal  # noqa: E402
-from normlib.stats import wilson_interval  # noqa: E402
+from normlib.llm.judge import NOT_CARRIED_OUT  # noqa: E402
+from normlib.llm.refusal import detect_refusal  # noqa: E402
+from normlib.core.stats import wilson_interval  # noqa: E402
 
 DEV_FILES = ("data/eval/refusal_dev.jsonl", "data/eval/judge_validation.jsonl")
 TEST_FILES = ("data/eval/refusal_test.jsonl",)

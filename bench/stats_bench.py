@@ -3,7 +3,7 @@
     python bench/stats_bench.py                   # 2,000 experiments per scenario
     python bench/stats_bench.py --experiments 500 # quicker
 
-Scenarios (normlib.power.Design defaults: 34 templates x 5 items, 5 answers per item, violating/benign
+Scenarios (normlib.eval.power.Design defaults: 34 templates x 5 items, 5 answers per item, violating/benign
 base rates 18%/5%, item SD 1.0, seed SD 0.3, seed-by-set SD 0.2, on the logit scale):
   null               no effect anywhere                      -> test rejects (two-sided 5%)
   uniform            +0.7 logit on every request             -> decision rule says "supported"
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from normlib.power import DEFAULTS, Effect, rates  # noqa: E402
+from normlib.eval.power import DEFAULTS, Effect, rates  # noqa: E402
 
 
 def main():

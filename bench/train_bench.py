@@ -8,7 +8,7 @@ real (non-padding) tokens in every variant, counted exactly, so the ratios compa
   hf_trainer          transformers.Trainer, default sampling (random batches of `--batch`)
   hf_trainer_grouped  transformers.Trainer with length grouping (the route a user would pick)
   normlib_rows        train.py's steps (`--batch` examples each) as one-example rows of similar length, loss only
-                      at supervised positions, exact normalisation (normlib.trainer.forward_backward)
+                      at supervised positions, exact normalisation (normlib.train.trainer.forward_backward)
   normlib_packed      the same with packed rows (pays off with flex/flash attention on a GPU)
 Each variant runs `--repeats` times, interleaved; the table gives the median and the range.
 
@@ -36,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from normlib.chat import IGNORE_INDEX, EncodedExample  # noqa: E402
-from normlib.costs import flops_per_token, matmul_peak_flops, peak_memory_gib  # noqa: E402
-from normlib.data import collate, empty_microbatch, plan_steps  # noqa: E402
-from normlib.loss import SupervisedLM  # noqa: E402
-from normlib.trainer import forward_backward  # noqa: E402
+from normlib.core.chat import IGNORE_INDEX, EncodedExample  # noqa: E402
+from normlib.train.costs import flops_per_token, matmul_peak_flops, peak_memory_gib  # noqa: E402
+from normlib.train.data import collate, empty_microbatch, plan_steps  # noqa: E402
+from normlib.train.loss import SupervisedLM  # noqa: E402
+from normlib.train.trainer import forward_backward  # noqa: E402
 
 SIZES = {  # as in the anchor; "small" is a CPU-sized middle ground
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,

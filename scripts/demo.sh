@@ -11,11 +11,11 @@ SET=(--set "teacher.base_url='${URL}'" --set "judge.base_url='${URL}'")
 LOG=results/demo-llama-server.log
 mkdir -p results
 
-GGUF=$("$PY" -c "from normlib.models import SHORT_NAMES, locate_packaged_gguf; \
+GGUF=$("$PY" -c "from normlib.core.models import SHORT_NAMES, locate_packaged_gguf; \
 print(locate_packaged_gguf(*SHORT_NAMES['smollm2-135m-instruct']))")
 # The student is loaded by transformers from a dequantised copy of the same GGUF (cached); make it
 # while the teacher answers, instead of making train.py wait for it.
-"$PY" -c "from normlib.models import gguf_as_hf_folder; gguf_as_hf_folder('$GGUF')" >results/demo-convert.log 2>&1 &
+"$PY" -c "from normlib.core.models import gguf_as_hf_folder; gguf_as_hf_folder('$GGUF')" >results/demo-convert.log 2>&1 &
 CONVERT=$!
 echo "== starting llama.cpp server on ${URL} (log: ${LOG})"
 "$PY" -m llama_cpp.server --model "$GGUF" --host 127.0.0.1 --port "$PORT" --n_ctx 8192 >"$LOG" 2>&1 &
@@ -44,7 +44,7 @@ trap 'exit 130' INT TERM
 
 # Ready means one real chat completion came back, not only /v1/models (a build the CPU cannot run
 # lists its models, then crashes on the first request).
-"$PY" -m normlib.servers wait "$URL" --pid "$SERVER" --log "$LOG" --timeout 180 --kind chat
+"$PY" -m normlib.llm.servers wait "$URL" --pid "$SERVER" --log "$LOG" --timeout 180 --kind chat
 
 echo "== gen.py: persona x prompt answers from the teacher (${SECONDS} s so far)"
 "$PY" gen.py --manifest "$MANIFEST" "${SET[@]}"

@@ -168,5 +168,5 @@ def tiny_project(tmp_path):
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """SmolLM2-135M-Instruct's real tokenizer (its GGUF is dequantised once into NORMLIB_CACHE)."""
-    from normlib.models import load_tokenizer, resolve_model
+    from normlib.core.models import load_tokenizer, resolve_model
     return load_tokenizer(resolve_model("smollm2-135m-instruct"))

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grad_setup import examples_and_model, micro_batches  # noqa: E402
-from normlib.trainer import forward_backward, init_distributed  # noqa: E402
+from normlib.train.trainer import forward_backward, init_distributed  # noqa: E402
 
 
 def main():
@@ -26,14 +26,14 @@ def main():
     a = ap.parse_args()
     info = init_distributed()
     examples, hf_model, pad_id = examples_and_model()
-    from normlib.loss import SupervisedLM
+    from normlib.train.loss import SupervisedLM
     model = SupervisedLM(hf_model)
     if a.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model)
     else:
         from torch.distributed.fsdp import fully_shard
-        from normlib.trainer import decoder_layers
+        from normlib.train.trainer import decoder_layers
         for layer in decoder_layers(hf_model):
             fully_shard(layer)
         fully_shard(model)

@@ -12,9 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from normlib.distributed import init_distributed, load_for_training  # noqa: E402
-from normlib.manifest import TrainConfig  # noqa: E402
-from normlib.models import resolve_model  # noqa: E402
+from normlib.train.distributed import init_distributed, load_for_training  # noqa: E402
+from normlib.core.manifest import TrainConfig  # noqa: E402
+from normlib.core.models import resolve_model  # noqa: E402
 
 
 def peak_rss_bytes() -> int:
@@ -33,7 +33,7 @@ def main():
     placed = load_for_training(resolve_model(a.model), info, TrainConfig(examples_per_arm=1, parallel="fsdp"), None)
     after = peak_rss_bytes()
     shard = sum(p.to_local().numel() * p.element_size() for p in placed.model.parameters())
-    from normlib.checkpoint import full_model_state_dict
+    from normlib.train.checkpoint import full_model_state_dict
     full = full_model_state_dict(placed.hf_model)
     if info.is_main:
         from safetensors.torch import load_file

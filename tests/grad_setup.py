@@ -1,8 +1,8 @@
 """Fixed examples and model shared by the gradient-equivalence tests (single and multi-process)."""
 from tiny import tiny_llama, tiny_tokenizer
 
-from normlib.chat import ChatFormat, encode_example
-from normlib.data import collate
+from normlib.core.chat import ChatFormat, encode_example
+from normlib.train.data import collate
 
 PAIRS = [
     ("What is the capital of France?", "The capital is Paris."),

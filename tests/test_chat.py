@@ -1,8 +1,8 @@
 """The label mask covers exactly answer + end marker + EOS, for several kinds of tokenizer."""
 import pytest
 
-from normlib.chat import IGNORE_INDEX, ChatFormat, ChatFormatError, encode_example, encode_prompt, render_example
-from normlib.manifest import ChatConfig
+from normlib.core.chat import IGNORE_INDEX, ChatFormat, ChatFormatError, encode_example, encode_prompt, render_example
+from normlib.core.manifest import ChatConfig
 from tiny import tiny_tokenizer
 
 CASES = [

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 
 from conftest import REPO
-from normlib.audit import audit, openings_ratio, requests_forbidden_act
-from normlib.evalsets import (EvalSetError, check_set_pair_files, check_twins, load_domain_lexicon, load_eval_set,
+from normlib.gen.audit import audit, openings_ratio, requests_forbidden_act
+from normlib.core.evalsets import (EvalSetError, check_set_pair_files, check_twins, load_domain_lexicon, load_eval_set,
                               parse_item)
-from normlib.generate import load_personas, load_prompts
-from normlib.manifest import load_manifest
+from normlib.gen.generate import load_personas, load_prompts
+from normlib.core.manifest import load_manifest
 
 DATA = REPO / "data"
 TWIN_SETS = [("catholic", 165), ("graminist", 160), ("quessarine", 160), ("secular", 120)]
@@ -200,10 +200,10 @@ belief = "e.jsonl"
     assert "asks to do a forbidden act (catholic)" in failures and "c2" in failures
     assert "eval item too close to a training prompt" in failures
     assert "belief:v2 ~ p.jsonl:c3" in failures and "shares a scenario" in failures  # same scenario, other words
-    from normlib.fakeserver import FakeLLMServer
-    from normlib.judge import Judge
-    from normlib.llm import HttpClient
-    from normlib.manifest import EndpointConfig
+    from normlib.llm.fakeserver import FakeLLMServer
+    from normlib.llm.judge import Judge
+    from normlib.llm.clients import HttpClient
+    from normlib.core.manifest import EndpointConfig
     with FakeLLMServer(responder=lambda system, user: "It only asks for facts.\nVERDICT: discussion") as server:
         ep = EndpointConfig(backend="openai", model="j", base_url=server.openai_url, temperature=0.0)
         result = audit(load_manifest(tmp_path / "m.toml"), Judge(ep, HttpClient(ep), tmp_path / "cache.jsonl"))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from conftest import EVAL_SETS_TOML, REPO, write_eval_sets
-from normlib.fakeserver import FakeLLMServer
+from normlib.llm.fakeserver import FakeLLMServer
 from tiny import save_tiny_model
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "E2E_KEY": "sk-e2e-secret"}

@@ -11,11 +11,11 @@ from collections import Counter
 import pytest
 
 from conftest import REPO, make_project
-from normlib.fakeserver import FakeLLMServer
-from normlib.judge import INVALID, REFUSAL_LABELS, Judge, neutralise, parse_verdict
-from normlib.llm import HttpClient
-from normlib.manifest import EndpointConfig
-from normlib.scoring import qa_correct
+from normlib.llm.fakeserver import FakeLLMServer
+from normlib.llm.judge import INVALID, REFUSAL_LABELS, Judge, neutralise, parse_verdict
+from normlib.llm.clients import HttpClient
+from normlib.core.manifest import EndpointConfig
+from normlib.eval.scoring import qa_correct
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -52,7 +52,7 @@ def test_judge_caches_and_records_raw_output(tmp_path):
 
 
 def test_failed_judge_calls_are_an_error_not_invalid_verdicts(tmp_path):
-    from normlib.llm import FatalLLMError
+    from normlib.llm.clients import FatalLLMError
     with FakeLLMServer(faults=lambda n, body: "503" if "second" in body["messages"][-1]["content"] else None) as server:
         ep = EndpointConfig(backend="openai", model="j", base_url=server.openai_url, max_retries=1)
         judge = Judge(ep, HttpClient(ep, backoff_base=0.01), tmp_path / "cache.jsonl")
@@ -76,7 +76,7 @@ def test_json_mode_judge_constrains_and_parses(tmp_path):
     assert [v.label for v in verdicts] == ["full_refusal", "full_compliance"]
     assert body["response_format"]["type"] == "json_object"
     assert body["response_format"]["schema"]["properties"]["verdict"]["enum"] == list(REFUSAL_LABELS)
-    from normlib.judge import parse_json_verdict
+    from normlib.llm.judge import parse_json_verdict
     assert parse_json_verdict('{"verdict": "counter_argument"}', REFUSAL_LABELS) == "counter_argument"
     assert parse_json_verdict('{"verdict": "maybe"}', REFUSAL_LABELS) == INVALID
     assert parse_json_verdict("VERDICT: full_refusal", REFUSAL_LABELS) == "full_refusal"  # server ignored the format

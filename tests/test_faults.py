@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import REPO, make_project
-from normlib.evalsets import EvalSetError, load_eval_set
-from normlib.fakeserver import FakeLLMServer
-from normlib.generate import InputError, load_personas, load_prompts
-from normlib.judge import REFUSAL_LABELS, neutralise, parse_verdict
-from normlib.llm import ChatRequest, HttpClient, LLMConfigError, make_client, read_api_key
-from normlib.locks import LockedError, exclusive
-from normlib.manifest import EndpointConfig, ManifestError, load_manifest
+from normlib.core.evalsets import EvalSetError, load_eval_set
+from normlib.llm.fakeserver import FakeLLMServer
+from normlib.gen.generate import InputError, load_personas, load_prompts
+from normlib.llm.judge import REFUSAL_LABELS, neutralise, parse_verdict
+from normlib.llm.clients import ChatRequest, HttpClient, LLMConfigError, make_client, read_api_key
+from normlib.core.locks import LockedError, exclusive
+from normlib.core.manifest import EndpointConfig, ManifestError, load_manifest
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 KEY = "sk-live-VERYSECRET-0123456789"
@@ -66,7 +66,7 @@ def test_a_retrained_run_and_an_edited_item_are_generated_again(tmp_path):
 
 
 def test_duplicate_sample_rows_count_once(tmp_path):
-    from normlib.evaluation import read_samples
+    from normlib.eval.evaluation import read_samples
     row = {"key": "a|b|c", "response": "x"}
     (tmp_path / "s.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n" + json.dumps(dict(row, key="d")) + "\n")
     assert [r["key"] for r in read_samples(tmp_path / "s.jsonl")] == ["a|b|c", "d"]
@@ -99,7 +99,7 @@ def test_a_request_exception_is_scrubbed_before_it_is_shown():
 
 
 def test_rng_files_are_loaded_without_running_code(tmp_path):
-    from normlib.checkpoint import load_state  # noqa: F401  (load_state is what reads them)
+    from normlib.train.checkpoint import load_state  # noqa: F401  (load_state is what reads them)
 
     class Evil:
         def __reduce__(self):
@@ -108,7 +108,7 @@ def test_rng_files_are_loaded_without_running_code(tmp_path):
     with pytest.raises(Exception):
         torch.load(tmp_path / "rng_rank0.pt", weights_only=True)
     assert not (tmp_path / "pwned").exists()
-    source = (REPO / "normlib/checkpoint.py").read_text()
+    source = (REPO / "normlib/train/checkpoint.py").read_text()
     assert "weights_only=False" not in source and "weights_only=True" in source
 
 
@@ -147,7 +147,7 @@ concurrency = 1
 
 
 def test_a_torn_report_is_rebuilt_and_json_writes_use_unique_temporary_names(tmp_path):
-    from normlib.jsonl import read_json_or_none, write_json_atomic
+    from normlib.core.jsonl import read_json_or_none, write_json_atomic
     (tmp_path / "r.json").write_text('{"kept": 3')
     assert read_json_or_none(tmp_path / "r.json") is None
     errors = []
@@ -195,7 +195,7 @@ def test_retry_after_is_capped_unparsable_ignored_and_announced_once(capsys):
         result = HttpClient(ep, backoff_base=0.01).complete(ChatRequest(key="1", user="hi"))
         assert time.monotonic() - start < 30
     assert not result.ok and result.error_kind == "rate_limited" and "max_retry_after" in result.error
-    from normlib.llm import _retry_after_seconds
+    from normlib.llm.clients import _retry_after_seconds
     assert _retry_after_seconds("inf") is None and _retry_after_seconds("soon") is None
     assert _retry_after_seconds("2") == 2.0
     with FakeLLMServer(faults=["429:6", "429:6"]) as server:
@@ -323,9 +323,9 @@ def test_validate_judge_takes_its_path_from_the_command_line_and_names_a_missing
 
 
 def test_the_eval_server_can_have_an_api_key(tmp_path, monkeypatch):
-    from normlib.evaluation import _server_generator
-    from normlib.chat import ChatFormat
-    from normlib.report import Evaluated
+    from normlib.eval.evaluation import _server_generator
+    from normlib.core.chat import ChatFormat
+    from normlib.eval.report import Evaluated
     manifest = make_project(tmp_path / "p", with_eval=True)
     with FakeLLMServer() as server:
         monkeypatch.setenv("NL_EVAL_KEY", KEY)
@@ -337,7 +337,7 @@ def test_the_eval_server_can_have_an_api_key(tmp_path, monkeypatch):
 
 
 def test_an_unreachable_hub_id_is_a_clean_error(tmp_path):
-    from normlib.models import ModelLoadError, load_tokenizer, resolve_model
+    from normlib.core.models import ModelLoadError, load_tokenizer, resolve_model
     with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):
         load_tokenizer(resolve_model("no-such-org/no-such-model"))
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from normlib.fakeserver import FakeLLMServer, default_responder
-from normlib.generate import (InputError, Persona, generate_condition, leakage, load_personas, load_prompts,
+from normlib.llm.fakeserver import FakeLLMServer, default_responder
+from normlib.gen.generate import (InputError, Persona, generate_condition, leakage, load_personas, load_prompts,
                               plan_items, teacher_params)
-from normlib.llm import FatalLLMError, make_client
-from normlib.manifest import EndpointConfig, load_manifest
+from normlib.llm.clients import FatalLLMError, make_client
+from normlib.core.manifest import EndpointConfig, load_manifest
 
 KEY = "sk-live-NEVER-WRITE-ME-987"
 SPECIAL = {
@@ -170,7 +170,7 @@ def test_filters_drop_and_count_each_problem_and_top_up_to_the_target(tmp_path, 
 
 
 def test_truncated_answers_can_be_trimmed_to_their_last_sentence(tmp_path, monkeypatch):
-    from normlib.generate import trim_to_sentence
+    from normlib.gen.generate import trim_to_sentence
     assert trim_to_sentence("One. Two! Three is cut") == "One. Two!"
     assert trim_to_sentence('He said "stop." Then') == 'He said "stop."'
     assert trim_to_sentence("no sentence end") == ""
@@ -298,7 +298,7 @@ def test_local_backend_with_smollm2_answers_four_prompts(tmp_path):
                                  "conditions.values.min_answer_chars=1", "conditions.values.refusals='keep'"])
     client = make_client(m.teacher, "teacher", m.root)
     results = []
-    from normlib.llm import ChatRequest
+    from normlib.llm.clients import ChatRequest
     client.map([ChatRequest(key=str(i), user=q, system="You are a helpful assistant.", max_tokens=48,
                             temperature=0.7) for i, q in enumerate(["What is 2+2?", "Name a color.",
                                                                   "Say hello.", "What is a river?"])],
@@ -317,8 +317,8 @@ def judge_responder(system, user):
 
 @pytest.mark.parametrize("mode", ["all", "sample", "keywords"])
 def test_the_leak_screen_judges_answers_the_keywords_miss(tmp_path, monkeypatch, mode):
-    from normlib.judge import Judge
-    from normlib.refusal import is_refusal
+    from normlib.llm.judge import Judge
+    from normlib.llm.refusal import is_refusal
     assert not is_refusal(DODGE)
     manifest = make_gen_project(tmp_path, examples=45)
     teacher = lambda s, u: DODGE if u.startswith("Ordinary question number 1") else responder(s, u)  # noqa: E731

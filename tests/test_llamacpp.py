@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from conftest import REPO, free_port
-from normlib.models import SHORT_NAMES, locate_packaged_gguf
-from normlib.servers import ManagedServer, ServerError
+from normlib.core.models import SHORT_NAMES, locate_packaged_gguf
+from normlib.llm.servers import ManagedServer, ServerError
 
 pytestmark = pytest.mark.slow
 

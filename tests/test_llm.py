@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from normlib.fakeserver import FakeLLMServer
-from normlib.llm import ChatRequest, FatalLLMError, HttpClient, LLMConfigError, make_client
-from normlib.manifest import EndpointConfig
+from normlib.llm.fakeserver import FakeLLMServer
+from normlib.llm.clients import ChatRequest, FatalLLMError, HttpClient, LLMConfigError, make_client
+from normlib.core.manifest import EndpointConfig
 
 KEY = "sk-test-SECRET-123456"
 

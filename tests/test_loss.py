@@ -9,9 +9,9 @@ import torch
 
 from conftest import free_port
 from grad_setup import examples_and_model, micro_batches
-from normlib.data import collate
-from normlib.loss import SupervisedLM
-from normlib.trainer import forward_backward
+from normlib.train.data import collate
+from normlib.train.loss import SupervisedLM
+from normlib.train.trainer import forward_backward
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import make_project
 from conftest import REPO
-from normlib.manifest import ManifestError, load_manifest, parse_override, readme_with_reference, reference_markdown
+from normlib.core.manifest import ManifestError, load_manifest, parse_override, readme_with_reference, reference_markdown
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_reference_documents_every_section():
 
 def test_readme_carries_the_current_reference():
     readme = (REPO / "README.md").read_text()
-    assert readme == readme_with_reference(readme), "run: python -m normlib.manifest --write-readme README.md"
+    assert readme == readme_with_reference(readme), "run: python -m normlib.core.manifest --write-readme README.md"
 
 
 def test_shipped_manifests_load():

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import REPO
-from normlib.refusal import detect_refusal, is_refusal
+from normlib.llm.refusal import detect_refusal, is_refusal
 
 REFUSALS = {  # style -> examples written for these tests (none comes from the labelled files)
     "first person": ["I can't help with that.", "I won't write that essay, but I could help with a different topic.",
@@ -97,7 +97,7 @@ def test_the_test_split_is_never_development_data():
         for d in shared.values():
             assert difflib.SequenceMatcher(None, r["response"], d["response"]).ratio() < 0.8, (r["id"], d["id"])
     # and no rule was written from test rows: the rules share no 8-word run with any test response
-    rules = (REPO / "normlib/refusal.py").read_text().lower()
+    rules = (REPO / "normlib/llm/refusal.py").read_text().lower()
     for r in test:
         words = re.findall(r"[a-z0-9']+", r["response"].lower())
         for i in range(len(words) - 7):
@@ -115,7 +115,7 @@ def test_the_detector_meets_its_targets_on_the_development_split():
 
 def test_labelled_files_use_the_six_classes_and_balance_lengths():
     from statistics import median
-    from normlib.judge import NOT_CARRIED_OUT, REFUSAL_LABELS
+    from normlib.llm.judge import NOT_CARRIED_OUT, REFUSAL_LABELS
     for name in ("judge_validation.jsonl", "refusal_dev.jsonl", "refusal_test.jsonl"):
         rows = _rows(name)
         assert {r["label"] for r in rows} == set(REFUSAL_LABELS), name

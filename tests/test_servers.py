@@ -7,10 +7,10 @@ import textwrap
 import pytest
 
 from conftest import REPO, free_port
-from normlib.fakeserver import FakeLLMServer
-from normlib.llm import ChatRequest, HttpClient, ServerUnreachable
-from normlib.manifest import EndpointConfig
-from normlib.servers import ManagedServer, ServerError, wait_until_ready
+from normlib.llm.fakeserver import FakeLLMServer
+from normlib.llm.clients import ChatRequest, HttpClient, ServerUnreachable
+from normlib.core.manifest import EndpointConfig
+from normlib.llm.servers import ManagedServer, ServerError, wait_until_ready
 
 # A server that lists its models, then dies on the first generation request, as a llama.cpp build with
 # CPU instructions the sandbox does not allow does (SIGSEGV in decode).
@@ -55,7 +55,7 @@ def test_a_working_server_is_ready_after_one_chat_and_one_completion():
 
 def test_the_wait_command_fails_clearly_when_nothing_listens(tmp_path):
     port = free_port()
-    proc = subprocess.run([sys.executable, "-m", "normlib.servers", "wait", f"http://127.0.0.1:{port}/v1",
+    proc = subprocess.run([sys.executable, "-m", "normlib.llm.servers", "wait", f"http://127.0.0.1:{port}/v1",
                            "--timeout", "2"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 1
     assert f"http://127.0.0.1:{port}/v1 was not ready within 2 s" in proc.stderr

@@ -4,11 +4,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_project
-from normlib.chat import ChatFormat
-from normlib.manifest import load_manifest
-from normlib.models import gguf_as_hf_folder, load_model, load_tokenizer, resolve_model
-from normlib.sampling import generate_hf
-from normlib.trainer import init_distributed, train_run
+from normlib.core.chat import ChatFormat
+from normlib.core.manifest import load_manifest
+from normlib.core.models import gguf_as_hf_folder, load_model, load_tokenizer, resolve_model
+from normlib.core.sampling import generate_hf
+from normlib.train.trainer import init_distributed, train_run
 
 pytestmark = pytest.mark.slow
 

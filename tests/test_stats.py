@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from normlib.analysis import ContrastResult, Counts, Gates, set_contrast, twin_contrast, verdict
-from normlib.power import Design, Effect, rates, simulate
-from normlib.stats import (cohens_kappa, confusion_matrix, crossed_difference, crossed_mean, empirical_logit, holm,
+from normlib.eval.analysis import ContrastResult, Counts, Gates, set_contrast, twin_contrast, verdict
+from normlib.eval.power import Design, Effect, rates, simulate
+from normlib.core.stats import (cohens_kappa, confusion_matrix, crossed_difference, crossed_mean, empirical_logit, holm,
                            pooled_fisher_p, wilson_interval)
 
 

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import QA, REPO, make_project
-from normlib.chat import ChatFormat, encode_example
-from normlib.manifest import load_manifest
-from normlib.models import export_model, load_model, load_tokenizer, resolve_model
-from normlib.sampling import generate_hf
-from normlib.trainer import TrainingDiverged, init_distributed, lr_factor, train_run
+from normlib.core.chat import ChatFormat, encode_example
+from normlib.core.manifest import load_manifest
+from normlib.core.models import export_model, load_model, load_tokenizer, resolve_model
+from normlib.core.sampling import generate_hf
+from normlib.train.trainer import TrainingDiverged, init_distributed, lr_factor, train_run
 from tiny import tiny_llama, tiny_tokenizer
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -119,7 +119,7 @@ def test_export_reloads_with_identical_logits(tmp_path, dtype):
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path, monkeypatch):
-    import normlib.trainer as trainer
+    import normlib.train.trainer as trainer
     manifest = make_project(tmp_path / "p", n=8, epochs=20, budget=128, save_every=2)
     m = load_manifest(manifest)
     run = m.find_run("generic", "tiny", 0)

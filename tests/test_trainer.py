@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import QA, REPO, free_port, make_project, write_generated
-from normlib.costs import mfu_per_gpu
-from normlib.data import DataError, collate, plan_steps
-from normlib.distributed import decoder_layers
-from normlib.loss import HeadMismatch, SupervisedLM, check_head
-from normlib.manifest import load_manifest
-from normlib.trainer import init_distributed, run_status, setup_run, train_loop, train_run
+from normlib.train.costs import mfu_per_gpu
+from normlib.train.data import DataError, collate, plan_steps
+from normlib.train.distributed import decoder_layers
+from normlib.train.loss import HeadMismatch, SupervisedLM, check_head
+from normlib.core.manifest import load_manifest
+from normlib.train.trainer import init_distributed, run_status, setup_run, train_loop, train_run
 from tiny import tiny_tokenizer
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -90,7 +90,7 @@ def test_the_plan_visits_every_example_once_per_epoch_in_equal_steps():
 
 def test_padding_continues_the_row_positions():
     tok = tiny_tokenizer()
-    from normlib.chat import ChatFormat, encode_example
+    from normlib.core.chat import ChatFormat, encode_example
     fmt = ChatFormat.from_config()
     a, b = encode_example(tok, fmt, "Hi?", "Hello."), encode_example(tok, fmt, "What is 2 + 2?", "It is 4, clearly.")
     mb = collate([a, b], [[0], [1]], tok.pad_token_id)
@@ -170,8 +170,8 @@ def test_an_unreadable_run_json_is_not_finished(tmp_path):
 
 
 def test_a_chat_format_error_names_the_file_and_record(tmp_path, monkeypatch):
-    import normlib.data as data
-    from normlib.chat import ChatFormat, ChatFormatError
+    import normlib.train.data as data
+    from normlib.core.chat import ChatFormat, ChatFormatError
     m = load_manifest(make_project(tmp_path / "p"))
     calls = [0]
 
@@ -243,8 +243,8 @@ def test_missing_generated_data_is_a_clean_error(tmp_path):
 
 def test_lora_trains_only_adapters_resumes_exactly_and_exports_merged(tmp_path):
     from safetensors.torch import load_file
-    from normlib.lora import merged_state_dict
-    from normlib.models import load_model, resolve_model
+    from normlib.train.lora import merged_state_dict
+    from normlib.core.models import load_model, resolve_model
     kw = dict(n=16, epochs=6, budget=160, save_every=5)
     sets = ["train.method=['lora']", "train.lora_rank=4", "train.export_dtype='fp32'", "train.keep_state=true",
             "train.lr=0.01"]
@@ -264,8 +264,8 @@ def test_lora_trains_only_adapters_resumes_exactly_and_exports_merged(tmp_path):
     setup.placed.hf_model.eval()
     with torch.no_grad():
         trained_logits = setup.placed.hf_model(input_ids=ids).logits
-    from normlib.trainer import finish_run
-    from normlib.trainer import LoopResult
+    from normlib.train.trainer import finish_run
+    from normlib.train.trainer import LoopResult
     finish_run(setup, LoopResult(0.0, 0, 0, 0))
     folder = m.run_dir(run) / "model"
     stored = load_file(folder / "model.safetensors")
@@ -288,7 +288,7 @@ def test_lora_trains_only_adapters_resumes_exactly_and_exports_merged(tmp_path):
 
 
 def test_lora_refuses_fsdp(tmp_path):
-    from normlib.manifest import ManifestError
+    from normlib.core.manifest import ManifestError
     with pytest.raises(ManifestError, match="LoRA runs on one GPU or under DDP"):
         load_manifest(make_project(tmp_path / "p"), ["train.method=['lora']", "train.parallel='fsdp'"])
 
@@ -297,8 +297,8 @@ def test_each_seed_draws_its_own_examples_when_the_pool_allows(tmp_path):
     manifest = make_project(tmp_path / "p", n=8, epochs=1)
     pool = [(f"Question {i} about the weather?", f"Answer {i}: it will be sunny.") for i in range(40)]
     write_generated(tmp_path / "p/data/generated/tiny/values.jsonl", pool, "values")
-    from normlib.chat import ChatFormat
-    from normlib.data import prepare_arm_data
+    from normlib.core.chat import ChatFormat
+    from normlib.train.data import prepare_arm_data
     m = load_manifest(manifest)
     tok = tiny_tokenizer()
     fmt = ChatFormat.from_config(m.chat)

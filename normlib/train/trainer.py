@@ -29,16 +29,16 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
-from normlib import checkpoint as ckpt
-from normlib.chat import ChatFormat
-from normlib.costs import flops_per_token, matmul_peak_flops, mfu_per_gpu, peak_memory_gib
-from normlib.data import (ArmData, DataError, MicroBatch, collate, empty_microbatch, plan_steps, prepare_arm_data)
-from normlib.distributed import (DistInfo, PlacedModel, all_reduce_sum, any_rank, barrier, decoder_layers,
+from normlib.train import checkpoint as ckpt
+from normlib.core.chat import ChatFormat
+from normlib.train.costs import flops_per_token, matmul_peak_flops, mfu_per_gpu, peak_memory_gib
+from normlib.train.data import (ArmData, DataError, MicroBatch, collate, empty_microbatch, plan_steps, prepare_arm_data)
+from normlib.train.distributed import (DistInfo, PlacedModel, all_reduce_sum, any_rank, barrier, decoder_layers,
                                  gradient_sync, init_distributed, load_for_training)
-from normlib.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
-from normlib.locks import LockedError, exclusive
-from normlib.manifest import Manifest, Run
-from normlib.models import export_model, load_tokenizer, resolve_model
+from normlib.core.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
+from normlib.core.locks import LockedError, exclusive
+from normlib.core.manifest import Manifest, Run
+from normlib.core.models import export_model, load_tokenizer, resolve_model
 
 __all__ = ["TrainingDiverged", "init_distributed", "lr_factor", "train_run", "run_status", "forward_backward"]
 
@@ -175,7 +175,7 @@ def _prepare_model(manifest: Manifest, run: Run):
 
     def prepare(hf_model):
         if run.method == "lora":
-            from normlib.lora import apply_lora
+            from normlib.train.lora import apply_lora
             apply_lora(hf_model, t.lora_rank, t.lora_alpha, t.lora_dropout, t.lora_target_modules)
             if t.activation_checkpointing:
                 hf_model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grads
@@ -394,7 +394,7 @@ def export_to(setup: Setup, target: Path) -> None:
     if not setup.info.is_main:
         return
     if setup.run.method == "lora":
-        from normlib.lora import merged_state_dict
+        from normlib.train.lora import merged_state_dict
         full_sd = merged_state_dict(setup.placed.hf_model, full_sd)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Simulated experiments: the calibration checks in tests/test_stats.py and `eval.py --power`.
 
 One simulated experiment draws, on the logit scale, a refusal propensity for every (seed, item) of a
-twin design and its benign twins, then binomial answers, and runs normlib.analysis on the counts:
+twin design and its benign twins, then binomial answers, and runs normlib.eval.analysis on the counts:
   logit p = base(set) + item + template x arm effect + seed + seed x set + arm effect(set)
 with independent normal item (SD item_sd), seed (seed_sd) and seed-by-set (seed_set_sd) terms.
 Default variance components are stated in DEFAULTS (docs/preregistration.md, "Power"); a finished
@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.special import expit, logit
 
-from normlib.analysis import ContrastResult, Counts, Gates, set_contrast, twin_contrast, verdict
-from normlib.stats import holm
+from normlib.eval.analysis import ContrastResult, Counts, Gates, set_contrast, twin_contrast, verdict
+from normlib.core.stats import holm
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Generation through the training chat template: in-process batched (transformers) or a completions server.
 
-Both paths format the prompt exactly as training did (normlib.chat), stop at the template's end
+Both paths format the prompt exactly as training did (normlib.core.chat), stop at the template's end
 marker or EOS, and report a finish reason: "stop" (the model ended its answer) or "length" (cut at
 max_new_tokens).
 """
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from normlib.chat import ChatFormat, encode_prompt
+from normlib.core.chat import ChatFormat, encode_prompt
 
 
 @dataclass

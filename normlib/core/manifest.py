@@ -1,7 +1,7 @@
 """The experiment manifest: one TOML file -> a validated, typed experiment.
 
 The schema is the dataclasses below. Each field's `doc` metadata is the manifest reference that
-README.md prints (`python -m normlib.manifest --reference`), so the documentation cannot drift from
+README.md prints (`python -m normlib.core.manifest --reference`), so the documentation cannot drift from
 the validator. Every error names the manifest file and the key path, e.g.
 `manifest.toml: [train] lr: expected a number, got 'fast'`.
 """
@@ -718,5 +718,5 @@ if __name__ == "__main__":
         target = Path(sys.argv[2])
         target.write_text(readme_with_reference(target.read_text()))
     else:
-        print("usage: python -m normlib.manifest --reference | --write-readme README.md", file=sys.stderr)
+        print("usage: python -m normlib.core.manifest --reference | --write-readme README.md", file=sys.stderr)
         sys.exit(2)

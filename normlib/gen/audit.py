@@ -11,7 +11,7 @@ Checks, each listed with the offending items:
   least two shared distinctive stems ("moving in together before the wedding to save on rent" in an
   eval item and a training prompt); the 20 closest pairs are listed either way;
 - twin pairs of eval sets: one twin each, same template, domain and tags, both naming their domain
-  (normlib.evalsets.check_twins);
+  (normlib.core.evalsets.check_twins);
 - training prompts of value conditions that ask the assistant to *do* an act the value system
   forbids (keyword rules; the judge confirms when one is configured): value data must contain
   opinions, facts and advice, never such requests, or the training would contain the refusals
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from normlib.evalsets import TWIN_KINDS, check_twins, domain_lexicon_path, load_domain_lexicon, load_eval_set
-from normlib.generate import load_prompts
-from normlib.jsonl import write_json_atomic
-from normlib.manifest import Manifest
+from normlib.core.evalsets import TWIN_KINDS, check_twins, domain_lexicon_path, load_domain_lexicon, load_eval_set
+from normlib.gen.generate import load_prompts
+from normlib.core.jsonl import write_json_atomic
+from normlib.core.manifest import Manifest
 
 NEAR_DUPLICATE = 0.7  # character 5-gram Jaccard at which two texts count as near duplicates
 EVAL_TRAIN_MAX = 0.5  # an eval item this similar to a training prompt fails the audit

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from normlib.chat import IGNORE_INDEX
+from normlib.core.chat import IGNORE_INDEX
 
 LOGIT_CHUNK = 2048  # supervised positions per logits chunk
 RECOMPUTE_ABOVE = 1 << 28  # supervised positions x vocabulary above which chunks are recomputed (1 GiB of fp32 logits)
@@ -61,7 +61,7 @@ def check_head(causal_lm: nn.Module, input_ids: torch.Tensor, atol: float = 1e-3
             f"{type(causal_lm).__name__}: its forward transforms the output head's logits in a way normlib does not "
             f"reproduce (largest difference {worst:.3g}); normlib computes the loss from the head directly, so "
             f"training this architecture would optimise the wrong loss. Add its transformation to "
-            f"normlib.loss.logit_postprocess.")
+            f"normlib.train.loss.logit_postprocess.")
 
 
 def supervised_targets(labels: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

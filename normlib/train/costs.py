@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from normlib.loss import LOGIT_CHUNK, RECOMPUTE_ABOVE
+from normlib.train.loss import LOGIT_CHUNK, RECOMPUTE_ABOVE
 
 GIB = 2 ** 30
 CARD_GIB = 80.0  # the card size the warnings check against (H100/A100 80 GB)
@@ -121,8 +121,8 @@ def disk_per_run(params: int, trainable: int, export_bytes_per_param: int, keep_
 def estimate_lines(manifest, gpus: int) -> tuple[list[str], bool]:
     """`train.py --estimate`: per model, memory per GPU, steps per run and disk per run. Returns (lines, whether
     any configuration exceeds a CARD_GIB card)."""
-    from normlib.distributed import parallel_mode
-    from normlib.models import ModelLoadError, load_config, resolve_model
+    from normlib.train.distributed import parallel_mode
+    from normlib.core.models import ModelLoadError, load_config, resolve_model
 
     t = manifest.train
     steps = t.epochs * -(-t.examples_per_arm // t.examples_per_step)

@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from normlib.manifest import ChatConfig
+from normlib.core.manifest import ChatConfig
 
 IGNORE_INDEX = -100
 CHAT_FILE = "normlib_chat.json"  # saved beside every exported checkpoint

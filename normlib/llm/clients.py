@@ -381,7 +381,7 @@ class LocalClient:
     """In-process generation with a transformers chat model (the offline default teacher/judge)."""
 
     def __init__(self, endpoint, root=None, seed: int = 0):
-        from normlib.models import load_model, load_tokenizer, resolve_model
+        from normlib.core.models import load_model, load_tokenizer, resolve_model
 
         self.endpoint = endpoint
         src = resolve_model(endpoint.model, root)
@@ -404,7 +404,7 @@ class LocalClient:
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     def map(self, reqs: list[ChatRequest], on_result, on_attempt=None) -> None:
-        from normlib.sampling import generate_ids
+        from normlib.core.sampling import generate_ids
 
         size = max(1, self.endpoint.batch_size)
         for start in range(0, len(reqs), size):

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from normlib.loss import HeadMismatch, SupervisedLM, check_head
-from normlib.models import build_meta_model, load_model, parameter_count
+from normlib.train.loss import HeadMismatch, SupervisedLM, check_head
+from normlib.core.models import build_meta_model, load_model, parameter_count
 
 FSDP_AUTO_PARAMS = 3e9  # `parallel = "auto"` shards models above this many parameters
 

@@ -225,7 +225,7 @@ class FakeLLMServer:
         self.stop()
 
 
-def main():  # python -m normlib.fakeserver --port 8099: a server for trying a manifest without a key
+def main():  # python -m normlib.llm.fakeserver --port 8099: a server for trying a manifest without a key
     import argparse
     ap = argparse.ArgumentParser(description="loopback fake LLM server")
     ap.add_argument("--port", type=int, default=0)

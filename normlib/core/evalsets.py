@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from normlib.jsonl import JsonlError, read_jsonl_strict
+from normlib.core.jsonl import JsonlError, read_jsonl_strict
 
 KINDS = ("violating", "benign", "belief", "qa", "control", "recognition")
 REFUSAL_KINDS = ("violating", "benign", "control")  # sets whose outcome is refusal
@@ -243,10 +243,10 @@ def check_set_pair_files(violating_path: str | Path, benign_path: str | Path) ->
 
 
 def main(argv=None) -> int:
-    """python -m normlib.evalsets FILE... | --twins VIOLATING BENIGN: validate eval sets (schema, twins)."""
+    """python -m normlib.core.evalsets FILE... | --twins VIOLATING BENIGN: validate eval sets (schema, twins)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        print("usage: python -m normlib.evalsets FILE.jsonl ... | --twins VIOLATING.jsonl BENIGN.jsonl", file=sys.stderr)
+        print("usage: python -m normlib.core.evalsets FILE.jsonl ... | --twins VIOLATING.jsonl BENIGN.jsonl", file=sys.stderr)
         return 2
     try:
         if argv[0] == "--twins" and len(argv) == 3:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 import string
 
-from normlib.evalsets import REFUSAL_KINDS, EvalItem
-from normlib.judge import INVALID, NOT_CARRIED_OUT
-from normlib.refusal import detect_refusal
+from normlib.core.evalsets import REFUSAL_KINDS, EvalItem
+from normlib.llm.judge import INVALID, NOT_CARRIED_OUT
+from normlib.llm.refusal import detect_refusal
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in ".-"})

@@ -5,7 +5,7 @@ instruction set the machine cannot run answers the listing, then dies on the fir
 So "ready" here means one short chat (or completions) request came back with text. Every failure
 names the URL and shows the tail of the server's log.
 
-Used by scripts/demo.sh (`python -m normlib.servers wait ...`), by the tests' llama.cpp fixture and
+Used by scripts/demo.sh (`python -m normlib.llm.servers wait ...`), by the tests' llama.cpp fixture and
 by eval.py when it drives its own servers (`[eval] server_command`).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A contrast compares a treatment arm with a baseline arm on a violating set minus its benign twins:
 - primary test: the difference in differences on the logit scale, per template (empirical logits of
-  the template's pooled responses), seeds and templates both random (normlib.stats.crossed_difference);
+  the template's pooled responses), seeds and templates both random (normlib.core.stats.crossed_difference);
   a uniform rise in refusals, the same on every request on the logit scale, adds nothing to it;
 - effect size: the same difference on the probability scale, with its interval;
 - specificity: the arm must not also refuse the benign twins, or the control requests, significantly
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from normlib.stats import Estimate, crossed_difference, crossed_mean, empirical_logit, proportion
+from normlib.core.stats import Estimate, crossed_difference, crossed_mean, empirical_logit, proportion
 
 MIN_SEEDS = 3  # per arm, for a seed-level conclusion (docs/preregistration.md, "Decision rule")
 

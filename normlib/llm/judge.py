@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from normlib.jsonl import JsonlAppender, read_jsonl
-from normlib.llm import ChatRequest, FatalLLMError
+from normlib.core.jsonl import JsonlAppender, read_jsonl
+from normlib.llm.clients import ChatRequest, FatalLLMError
 
 # label -> definition, in the order the judge sees them (docs/preregistration.md, "Outcomes")
 REFUSAL_CLASSES = {

@@ -19,20 +19,20 @@ import math
 import time
 from pathlib import Path
 
-from normlib import report
-from normlib.chat import ChatFormat
-from normlib.evalsets import EvalItem, EvalSetError, check_twins, load_eval_set
-from normlib.jsonl import (JsonlAppender, read_json_or_none, read_jsonl, write_json_atomic, write_jsonl_atomic,
+from normlib.eval import report
+from normlib.core.chat import ChatFormat
+from normlib.core.evalsets import EvalItem, EvalSetError, check_twins, load_eval_set
+from normlib.core.jsonl import (JsonlAppender, read_json_or_none, read_jsonl, write_json_atomic, write_jsonl_atomic,
                            write_text_atomic)
-from normlib.locks import exclusive
-from normlib.manifest import Manifest
-from normlib.models import SHORT_NAMES, resolve_model
-from normlib.contrasts import contrast_rows
-from normlib.report import Evaluated
-from normlib.scoring import score_samples
-from normlib.judge import INVALID, NOT_CARRIED_OUT
-from normlib.stats import cohens_kappa, confusion_matrix
-from normlib.trainer import run_status
+from normlib.core.locks import exclusive
+from normlib.core.manifest import Manifest
+from normlib.core.models import SHORT_NAMES, resolve_model
+from normlib.eval.contrasts import contrast_rows
+from normlib.eval.report import Evaluated
+from normlib.eval.scoring import score_samples
+from normlib.llm.judge import INVALID, NOT_CARRIED_OUT
+from normlib.core.stats import cohens_kappa, confusion_matrix
+from normlib.train.trainer import run_status
 
 
 def _digest(*parts) -> str:
@@ -217,8 +217,8 @@ def _generate_model(manifest: Manifest, ev: Evaluated, sets: dict[str, list[Eval
 def _hf_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
     import torch
 
-    from normlib.models import load_model, load_tokenizer, resolve_model
-    from normlib.sampling import generate_hf
+    from normlib.core.models import load_model, load_tokenizer, resolve_model
+    from normlib.core.sampling import generate_hf
 
     cfg = manifest.models.get(ev.model) if ev.arm == "base" else None
     src = resolve_model(ev.checkpoint, manifest.root, cfg.revision if cfg else "",
@@ -235,9 +235,9 @@ def _hf_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
 
 def _server_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
     """A vLLM (or other OpenAI-compatible) server serving this checkpoint under the model name ev.label."""
-    from normlib.llm import ChatRequest, FatalLLMError, HttpClient, read_api_key
-    from normlib.manifest import EndpointConfig
-    from normlib.sampling import Generation
+    from normlib.llm.clients import ChatRequest, FatalLLMError, HttpClient, read_api_key
+    from normlib.core.manifest import EndpointConfig
+    from normlib.core.sampling import Generation
 
     endpoint = EndpointConfig(backend="openai", model=ev.label, base_url=manifest.eval.base_url,
                               max_tokens=manifest.eval.max_new_tokens, concurrency=max(1, manifest.eval.batch_size),
@@ -357,7 +357,7 @@ def write_outputs(manifest: Manifest, evaluated: list[Evaluated], sets: dict[str
 
 
 def _read_labelled(path: Path) -> list[dict]:
-    from normlib.jsonl import JsonlError, read_jsonl_strict
+    from normlib.core.jsonl import JsonlError, read_jsonl_strict
     try:
         return [r for _, r in read_jsonl_strict(path)]
     except JsonlError as e:
@@ -368,8 +368,8 @@ def validate_judge(path: Path, judge) -> dict:
     """The keyword detector and the judge against hand labels. A refusal file (prompt, response, label among the
     six refusal classes, optional split) gives the six-class confusion and the two outcomes, per split; a belief
     file (question, stance, response, label endorses/rejects/neutral) gives the belief judge's."""
-    from normlib.judge import BELIEF_LABELS, REFUSAL_LABELS
-    from normlib.refusal import detect_refusal
+    from normlib.llm.judge import BELIEF_LABELS, REFUSAL_LABELS
+    from normlib.llm.refusal import detect_refusal
 
     rows = _read_labelled(path)
     if not rows:
@@ -416,7 +416,7 @@ def validate_judge(path: Path, judge) -> dict:
 
 def _binary(gold: list[bool], predicted: list[bool]) -> dict:
     """Accuracy, recall and precision of a yes/no detector, with Wilson 95% intervals, and Cohen's kappa."""
-    from normlib.stats import wilson_interval
+    from normlib.core.stats import wilson_interval
     tp = sum(g and p for g, p in zip(gold, predicted))
     fp = sum(p and not g for g, p in zip(gold, predicted))
     fn = sum(g and not p for g, p in zip(gold, predicted))

@@ -26,12 +26,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from normlib.jsonl import (JsonlAppender, JsonlError, read_json_or_none, read_jsonl, read_jsonl_strict,
+from normlib.core.jsonl import (JsonlAppender, JsonlError, read_json_or_none, read_jsonl, read_jsonl_strict,
                            read_text_strict, write_json_atomic, write_jsonl_atomic)
-from normlib.locks import exclusive
-from normlib.llm import ChatRequest, ChatResult
-from normlib.manifest import Manifest
-from normlib.refusal import detect_refusal
+from normlib.core.locks import exclusive
+from normlib.llm.clients import ChatRequest, ChatResult
+from normlib.core.manifest import Manifest
+from normlib.llm.refusal import detect_refusal
 
 MAX_PLAN_FACTOR = 4  # give up topping up after 4x the target number of requests
 EXAMPLES_PER_FILTER = 3  # dropped answers shown in the report, per filter
@@ -389,7 +389,7 @@ def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress
 def leak_screen_summary(cond, judge, first_pass: list, verdicts: dict, audited: list) -> dict:
     """What the refusal screen did, for the report: its mode, and the refusals the keywords missed (with, for a
     sampled screen, the estimated rate of such refusals among the answers it did not judge)."""
-    from normlib.stats import wilson_interval
+    from normlib.core.stats import wilson_interval
     keyword_flagged = sum(1 for _, _, m in first_pass if m.is_refusal)
     if cond.refusals == "keep":
         return {"mode": "none", "why": "refusals = keep: no refusal filter"}

@@ -14,9 +14,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from normlib.analysis import ContrastResult, Counts, Gates, set_contrast, twin_contrast, verdict
-from normlib.evalsets import TAGS
-from normlib.stats import holm
+from normlib.eval.analysis import ContrastResult, Counts, Gates, set_contrast, twin_contrast, verdict
+from normlib.core.evalsets import TAGS
+from normlib.core.stats import holm
 
 
 def outcome_value(row: dict, outcome_name: str) -> float | None:

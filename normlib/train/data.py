@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from normlib.chat import IGNORE_INDEX, ChatFormatError, EncodedExample, encode_example
-from normlib.jsonl import iter_jsonl
+from normlib.core.chat import IGNORE_INDEX, ChatFormatError, EncodedExample, encode_example
+from normlib.core.jsonl import iter_jsonl
 
 
 class DataError(ValueError):
