@@ -35,7 +35,8 @@ SERVER_MARKER := $(VENV)/.installed-server-portable
 
 server: $(SERVER_MARKER)
 
-$(SERVER_MARKER): $(VENV)/.installed requirements-server.txt
+# order-only on the venv: a change to requirements.txt does not rebuild llama.cpp
+$(SERVER_MARKER): requirements-server.txt | $(VENV)/.installed
 	@# Rebuild even when a (possibly native) build is installed or in pip's wheel cache.
 	$(BIN)/pip uninstall -q -y llama-cpp-python 2>/dev/null || true
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $${CMAKE_ARGS:-}" $(BIN)/pip install -q --no-cache-dir -r requirements-server.txt
@@ -44,8 +45,9 @@ $(SERVER_MARKER): $(VENV)/.installed requirements-server.txt
 test: install server
 	$(BIN)/python -m pytest tests
 
+PYTEST_ARGS ?= tests -m "not slow"
 test-fast: install
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install server
 	scripts/demo.sh $(BIN)/python

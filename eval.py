@@ -4,6 +4,9 @@
     python eval.py --rescore                         # score saved samples again (no generation)
     python eval.py --validate-judge data/eval/judge_validation.jsonl
     python eval.py --set eval.backend=openai --set eval.base_url=http://127.0.0.1:8000/v1 --only RUN
+    python eval.py --set eval.backend=vllm           # start a vLLM server per checkpoint and GPU group, in turn
+    python eval.py --plan                            # what is left to generate, time and GPU-hours
+    python eval.py --slurm [--submit]                # a job array of --generate-only tasks, then --rescore
 """
 from __future__ import annotations
 
@@ -31,6 +34,12 @@ def parse_args(argv=None):
                          "stated defaults); written to power.json, which summary.md quotes")
     ap.add_argument("--power-experiments", type=int, default=200, metavar="N",
                     help="--power: simulated experiments per effect size tried (default 200)")
+    ap.add_argument("--plan", action="store_true", help="print what is left to generate with a time estimate, then exit")
+    ap.add_argument("--slurm", action="store_true", help="write sbatch scripts: a job array with one --generate-only "
+                    "task per model, and a --rescore job that waits for it")
+    ap.add_argument("--submit", action="store_true", help="--slurm: also submit them")
+    ap.add_argument("--gpu-ids", metavar="IDS", help="backend vllm: GPU ids to start servers on, e.g. 0,1,2,3 "
+                    "(default: CUDA_VISIBLE_DEVICES or every GPU)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
@@ -47,8 +56,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from normlib.eval import evaluation
     from normlib.core.evalsets import EvalSetError
+    from normlib.eval import evaluation
     from normlib.llm.clients import FatalLLMError, LLMConfigError, make_client
     from normlib.core.locks import LockedError, exclusive
     from normlib.core.models import ModelLoadError
@@ -83,11 +92,20 @@ def main(argv=None) -> int:
             print(f"error: --only {', '.join(unknown)}: not among the models to evaluate "
                   f"({', '.join(ev.label for ev in evaluated)})", file=sys.stderr)
             return 2
+        groups = server_groups(manifest, args.gpu_ids) if manifest.eval.backend == "vllm" and not args.rescore \
+            and not args.slurm else None
+        if args.plan:
+            from normlib.eval.schedule import plan_lines
+            print("\n".join(plan_lines(manifest, evaluated, missing, sets, len(groups or [[]]),
+                                       manifest.eval.server_gpus)))
+            return 0
+        if args.slurm:
+            return write_slurm(manifest, [ev.label for ev in evaluated], args)
         out_dir.mkdir(parents=True, exist_ok=True)
         samples_dir, scored_path = out_dir / "samples", out_dir / "scored.jsonl"
         if not args.rescore:
             made = evaluation.generate_samples(manifest, evaluated, sets, samples_dir, args.only or None,
-                                               show_progress=not args.no_progress)
+                                               show_progress=not args.no_progress, gpu_groups=groups)
             print(f"generated {made} new answers ({samples_dir}/)")
             if args.generate_only:
                 return 0
@@ -103,7 +121,8 @@ def main(argv=None) -> int:
             print("error: no samples to score; run eval.py without --rescore first", file=sys.stderr)
             return 1
         outputs = evaluation.write_outputs(manifest, evaluated, sets, rows, judge, notes)
-    except (EvalSetError, LLMConfigError, FatalLLMError, ModelLoadError, LockedError) as e:
+    except (EvalSetError, LLMConfigError, FatalLLMError, ModelLoadError, LockedError,
+            evaluation.ServedGenerationError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for c in outputs["contrasts"]:
@@ -113,6 +132,45 @@ def main(argv=None) -> int:
                   f"Holm p {c['p_holm']:.3g})")
     print(f"written: {', '.join(str(out_dir / f) for f in ('rates.csv', 'contrasts.csv', 'agreement.csv', 'summary.md'))}"
           + (f", {out_dir / 'refusal_rates.png'}" if outputs["plotted"] else ""))
+    page = outputs["html"]
+    print(f"report: {page['path']} ({page['bytes'] / 1e6:.1f} MB"
+          + (f"; answers in {len(page['data_files'])} files under {page['path'].parent / 'report_data'}, "
+             f"{page['data_bytes'] / 1e6:.1f} MB: keep the folder next to the page" if page["data_files"] else "")
+          + "); open it in a browser, no network needed")
+    return 0
+
+
+def server_groups(manifest, gpu_ids: str | None) -> list[list[str]]:
+    """GPU groups of [eval] server_gpus for backend vllm; raises ValueError when too few GPUs are visible."""
+    from normlib.train.launcher import LaunchError, gpu_groups, visible_gpu_ids
+    try:
+        return gpu_groups(visible_gpu_ids(gpu_ids), manifest.eval.server_gpus)
+    except LaunchError as e:
+        raise ValueError(str(e).replace("[train] gpus_per_run", "[eval] server_gpus")) from None
+
+
+def write_slurm(manifest, labels: list[str], args) -> int:
+    from normlib.core.slurm import SlurmError, submit, write_script
+    from normlib.eval.schedule import slurm_eval_scripts
+    if not labels:
+        print("nothing to evaluate yet: no run is finished")
+        return 0
+    scripts = slurm_eval_scripts(manifest, labels, args.overrides)
+    for path, text in scripts:
+        write_script(path, text)
+    (gen_path, _), (score_path, _), (submit_path, _) = scripts
+    print(f"wrote {gen_path} (a job array of {len(labels)} models, {manifest.slurm.eval_gpus} GPU(s) each), "
+          f"{score_path} (scoring, after every task succeeded) and {submit_path}")
+    if not args.submit:
+        print(f"submit both with: {submit_path}")
+        return 0
+    try:
+        job = submit(gen_path)
+        scoring = submit(score_path, dependency=job)
+    except SlurmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"submitted job array {job} and scoring job {scoring} (runs after {job} succeeds)")
     return 0
 
 

@@ -54,4 +54,5 @@ echo "== train.py: one run per arm (${SECONDS} s so far)"
 echo "== eval.py: answers, judge, statistics (${SECONDS} s so far)"
 server_died && { echo "error: the llama.cpp server is gone before eval.py; see ${LOG}" >&2; exit 1; }
 "$PY" eval.py --manifest "$MANIFEST" "${SET[@]}"
-echo "== done in ${SECONDS} s: results/demo/ (summary.md, rates.csv, contrasts.csv, agreement.csv, refusal_rates.png)"
+echo "== done in ${SECONDS} s: results/demo/report.html (open it in a browser), and summary.md, rates.csv, contrasts.csv,"
+echo "   agreement.csv, refusal_rates.png beside it"

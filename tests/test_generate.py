@@ -315,7 +315,7 @@ def judge_responder(system, user):
     return "It answers.\nVERDICT: " + ("full_refusal" if "something else entirely" in response else "full_compliance")
 
 
-@pytest.mark.parametrize("mode", ["all", "sample", "keywords"])
+@pytest.mark.parametrize("mode", ["all", "sample", "keywords", "off"])
 def test_the_leak_screen_judges_answers_the_keywords_miss(tmp_path, monkeypatch, mode):
     from normlib.llm.judge import Judge
     from normlib.llm.refusal import is_refusal
@@ -332,6 +332,10 @@ def test_the_leak_screen_judges_answers_the_keywords_miss(tmp_path, monkeypatch,
                                     show_progress=False)
     screen = report["leak_screen"]
     texts = [json.loads(line)["messages"][1]["content"] for line in m.generated_path("values").read_text().splitlines()]
+    if mode == "off":  # keyword rules only: the judge is never asked
+        assert screen["mode"] == "keywords" and "leak_screen = off" in screen["why"] and DODGE in texts
+        assert judge_server.seen == []
+        return
     assert screen["mode"] == mode and screen["judge"] == "j"
     if mode == "keywords":  # the judge only confirms keyword hits: the dodge gets through
         assert DODGE in texts and screen["keyword_missed_judge_found"] == 0

@@ -144,4 +144,5 @@ def test_shipped_manifests_load():
     rf = {name: arm.mix.get("refusal_format") for name, arm in real.arms.items() if name.endswith("_rf")}
     assert set(rf.values()) == {0.1}  # the same refusal component in every arm that has it
     demo = load_manifest(REPO / "manifests/demo.toml")
-    assert demo.judge.temperature == 0.0 and len(demo.runs()) == 4
+    assert demo.judge.temperature == 0.0 and len(demo.runs()) == 5  # 4 arms and the positive control
+    assert [c.name for c in demo.eval.contrasts if c.hypothesis] == ["catholic", "graminist"]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from normlib.eval.analysis import ContrastResult, Counts, Gates, set_contrast, twin_contrast, verdict
+from normlib.eval.analysis import ContrastResult, Counts, Gates, set_contrast, verdict
 from normlib.eval.power import Design, Effect, rates, simulate
 from normlib.core.stats import (cohens_kappa, confusion_matrix, crossed_difference, crossed_mean, empirical_logit, holm,
                            pooled_fisher_p, wilson_interval)
@@ -68,7 +68,7 @@ def test_fewer_than_three_seeds_or_no_judge_is_inconclusive():
     assert verdict(r, 0.05, Gates()).startswith("inconclusive: fewer than 3 seeds")
     r3 = simulate(np.random.default_rng(1), Design(seeds=3, templates=20), Effect(violating=2.0, belief=2.0))
     r3.p_holm = r3.test.p_value
-    assert verdict(r3, 0.05, Gates(), scored_by_judge=False).startswith("inconclusive: refusals scored by keywords")
+    assert verdict(r3, 0.05, Gates(), scored_by_judge=False).startswith("inconclusive: refusals scored by keyword rules")
     failed = Gates()
     failed.check(False, "judge agreement with hand labels is kappa 0.31")
     assert verdict(r3, 0.05, failed) == "inconclusive: judge agreement with hand labels is kappa 0.31"

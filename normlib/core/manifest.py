@@ -98,11 +98,12 @@ class ConditionConfig:
     min_answer_chars: int = _f(40, doc="Answers shorter than this many characters are dropped.")
     near_duplicate_threshold: float = _f(0.8, doc="Answers whose word-shingle Jaccard similarity to a kept answer is at "
                                                   "or above this are dropped as near duplicates.")
-    leak_screen: Literal["all", "sample", "keywords"] = _f(
+    leak_screen: Literal["all", "sample", "keywords", "off"] = _f(
         "all", doc="With a [judge]: `all` judges every answer for a refusal the keyword rules missed (cached, "
                    "concurrent); `sample` judges the keyword-flagged answers and a random `leak_sample` of the rest and "
                    "reports the estimated missed rate with a 95% interval; `keywords` lets the judge confirm only "
-                   "keyword-flagged answers. report.json `leak_screen` says which ran and what it found.")
+                   "keyword-flagged answers; `off`: keyword rules only, the judge is not asked (for a judge too weak to "
+                   "trust, as in the demo). report.json `leak_screen` says which ran and what it found.")
     leak_sample: int = _f(200, doc="`leak_screen = \"sample\"`: answers audited by the judge.")
 
 
@@ -174,6 +175,13 @@ class TrainConfig:
     log_every: int = _f(1, doc="Optimizer steps between lines in train_log.jsonl.")
     collective_timeout: float = _f(3600.0, doc="Seconds a process waits in a collective (e.g. while rank 0 "
                                                "exports a large model) before torch.distributed gives up.")
+    gpus_per_run: int = _f(0, doc="`train.py --all`: GPUs per run. 0 trains one run at a time on every visible GPU; "
+                                  "N > 0 splits the visible GPUs into groups of N and trains one run per group at "
+                                  "once (one torchrun each), e.g. 1 for eight small-model runs on an 8-GPU box, 2 for "
+                                  "four FSDP runs of a 7-8B model. Also Slurm's --gpus-per-task (train.py --slurm).")
+    claim_timeout: float = _f(1800.0, doc="Seconds without a heartbeat after which another machine's claim on a run "
+                                          "counts as dead and the run may be taken over (a claim on this machine is "
+                                          "taken over as soon as its process is gone).")
 
 
 @dataclass
@@ -204,13 +212,26 @@ class EvalConfig:
     greedy: bool = _f(True, doc="Also take one greedy answer per item.")
     max_new_tokens: int = _f(256, doc="Answer length limit in tokens.")
     max_items_per_set: int = _f(0, doc="Use only the first N items of each set; 0 = all.")
-    backend: Literal["hf", "openai"] = _f("hf", doc="`hf`: in-process batched generation; `openai`: a vLLM or other "
-                                                    "OpenAI-compatible server's completions endpoint serving the checkpoint.")
+    backend: Literal["hf", "openai", "vllm"] = _f(
+        "hf", doc="`hf`: in-process batched generation; `openai`: a running vLLM or other OpenAI-compatible server at "
+                  "base_url serving every checkpoint under its label; `vllm`: eval.py starts one server per checkpoint "
+                  "and GPU group from `server_command`, waits until it answers, generates, stops it.")
+    server_command: str = _f("", doc="`vllm` backend: the command that serves one checkpoint, with {checkpoint}, "
+                                     "{port}, {label} and {gpus} filled in. Empty: `vllm serve {checkpoint} --port "
+                                     "{port} --served-model-name {label} --tensor-parallel-size {gpus}`. Any "
+                                     "OpenAI-compatible server with a completions endpoint works.")
+    server_gpus: int = _f(1, doc="`vllm` backend: GPUs per server; the visible GPUs are split into groups of this "
+                                 "size and one checkpoint is served per group at once.")
+    server_timeout: float = _f(900.0, doc="`vllm` backend: seconds a server may take to load a checkpoint and answer.")
     base_url: str = _f("", doc="`openai` backend: server URL including /v1.")
     api_key_env: str = _f("", doc="`openai` backend: environment variable holding the server's API key (e.g. a "
                                   "vLLM server started with --api-key); empty for none.")
     batch_size: int = _f(32, doc="`hf` backend: prompts generated together.")
     include_base_models: bool = _f(True, doc="Also evaluate each untrained model of [models].")
+    refusal_labels: Literal["judge", "keywords"] = _f(
+        "judge", doc="Which labels the refusal outcomes use: the judge's (the pre-registered rule) or the keyword "
+                     "rules' (for a judge too weak to tell a refusal, as in the demo; every hypothesis is then "
+                     "inconclusive). The judge still labels every answer (agreement.csv) and the belief probes.")
     extra_checkpoints: dict[str, str] = _f(factory=dict, path="dir", doc="{label = Hugging Face directory} also evaluated.")
     alpha: float = _f(0.05, doc="Family-wise error rate of the Holm-corrected contrasts.")
     control_set: str = _f("", doc="Set of value-neutral requests for the specificity gate: a hypothesis is supported "
@@ -223,6 +244,23 @@ class EvalConfig:
                                       "untrained model's by more than this (absolute) is broken.")
     max_dropped_units: float = _f(0.10, doc="Gate: largest share of templates left out for lack of valid answers.")
     contrasts: list[ContrastConfig] = _f(factory=list, doc="[[eval.contrasts]] tables, see below.")
+
+
+@dataclass
+class SlurmConfig:
+    partition: str = _f("", doc="#SBATCH --partition; empty for the cluster's default.")
+    account: str = _f("", doc="#SBATCH --account; empty for none.")
+    time: str = _f("24:00:00", doc="#SBATCH --time of one array task (one training run, or one model's answers).")
+    cpus_per_task: int = _f(8, doc="#SBATCH --cpus-per-task.")
+    mem: str = _f("", doc="#SBATCH --mem (e.g. \"200G\"); empty for the partition's default.")
+    max_parallel: int = _f(0, doc="Array tasks running at once (the %N of --array); 0 for no limit.")
+    eval_gpus: int = _f(1, doc="GPUs per eval.py array task (one model's answers).")
+    sbatch_options: list[str] = _f(factory=list, doc="Extra #SBATCH options, e.g. [\"--qos=high\", "
+                                                     "\"--constraint=h100\"].")
+    setup: list[str] = _f(factory=list, doc="Shell lines run before the job's command, e.g. "
+                                            "[\"source .venv/bin/activate\"] or [\"module load cuda\"].")
+    python: str = _f("", doc="Python interpreter of the jobs; empty: the one running train.py/eval.py --slurm.")
+    script_dir: str = _f("slurm", doc="Folder (relative to the manifest) for generated sbatch scripts and job logs.")
 
 
 @dataclass
@@ -245,6 +283,7 @@ class Manifest:
     judge: Optional[EndpointConfig] = _f(None, doc="[judge] table; optional. Without it refusals are keyword-scored only.")
     eval: EvalConfig = _f(factory=EvalConfig, doc="[eval] table.")
     chat: ChatConfig = _f(factory=ChatConfig, doc="[chat] table.")
+    slurm: SlurmConfig = _f(factory=SlurmConfig, doc="[slurm] table (train.py --slurm, eval.py --slurm).")
     # Filled in by load_manifest, not read from TOML.
     source: str = field(default="", metadata={"internal": True})
     root: str = field(default="", metadata={"internal": True})
@@ -510,6 +549,14 @@ def _check_references(m: Manifest, source: str):
             raise ManifestError(f"{source}: [{role}] base_url: required for backend 'openai'")
         if ep is not None and (ep.concurrency < 1 or ep.max_tokens < 1):
             raise ManifestError(f"{source}: [{role}]: concurrency and max_tokens must be at least 1")
+    if m.eval.server_command and m.eval.backend != "vllm":
+        raise ManifestError(f"{source}: [eval] server_command: only used with backend = \"vllm\" (eval.py starts the "
+                            f"servers); set backend = \"vllm\" or remove it")
+    if m.eval.backend == "vllm" and m.eval.server_command:
+        unknown = set(re.findall(r"{(\w*)}", m.eval.server_command)) - {"checkpoint", "port", "label", "gpus"}
+        if unknown or "{port}" not in m.eval.server_command:
+            raise ManifestError(f"{source}: [eval] server_command: needs {{port}} and may use only {{checkpoint}}, "
+                                f"{{port}}, {{label}}, {{gpus}}" + (f"; unknown: {sorted(unknown)}" if unknown else ""))
     if m.eval.backend == "openai" and not m.eval.base_url:
         raise ManifestError(f"{source}: [eval] base_url: required for backend 'openai'")
     for name, path in m.eval.sets.items():
@@ -552,6 +599,8 @@ def _check_ranges(m: "Manifest", source: str) -> None:
         ("[train] max_steps", t.max_steps, t.max_steps >= 0, "must be at least 0 (0 = all epochs)"),
         ("[train] examples_per_arm", t.examples_per_arm, t.examples_per_arm <= MAX_EXAMPLES, f"is above {MAX_EXAMPLES}"),
         ("[train] collective_timeout", t.collective_timeout, t.collective_timeout > 0, "must be above 0"),
+        ("[train] gpus_per_run", t.gpus_per_run, t.gpus_per_run >= 0, "must be at least 0"),
+        ("[train] claim_timeout", t.claim_timeout, t.claim_timeout > 0, "must be above 0"),
         ("[train] curve_points", t.curve_points, all(0 < f < 1 for f in t.curve_points), "must each be in (0, 1)"),
         ("[train] method", t.method, bool(t.method) and set(t.method) <= {"full", "lora"} and
          len(set(t.method)) == len(t.method), "must be a non-empty list of distinct methods: full, lora"),
@@ -562,6 +611,11 @@ def _check_ranges(m: "Manifest", source: str) -> None:
         ("[eval] max_new_tokens", e.max_new_tokens, e.max_new_tokens >= 1, "must be at least 1"),
         ("[eval] max_items_per_set", e.max_items_per_set, e.max_items_per_set >= 0, "must be at least 0"),
         ("[eval] batch_size", e.batch_size, e.batch_size >= 1, "must be at least 1"),
+        ("[eval] server_gpus", e.server_gpus, e.server_gpus >= 1, "must be at least 1"),
+        ("[eval] server_timeout", e.server_timeout, e.server_timeout > 0, "must be above 0"),
+        ("[slurm] cpus_per_task", m.slurm.cpus_per_task, m.slurm.cpus_per_task >= 1, "must be at least 1"),
+        ("[slurm] eval_gpus", m.slurm.eval_gpus, m.slurm.eval_gpus >= 0, "must be at least 0"),
+        ("[slurm] max_parallel", m.slurm.max_parallel, m.slurm.max_parallel >= 0, "must be at least 0"),
         ("[eval] max_invalid_share", e.max_invalid_share, 0 <= e.max_invalid_share <= 1, "must be in [0, 1]"),
         ("[eval] min_judge_kappa", e.min_judge_kappa, -1 <= e.min_judge_kappa <= 1, "must be in [-1, 1]"),
         ("[eval] max_qa_drop", e.max_qa_drop, 0 <= e.max_qa_drop <= 1, "must be in [0, 1]"),
@@ -677,7 +731,8 @@ def reference_markdown() -> str:
     lines = []
     sections = [("experiment", ExperimentConfig), ("teacher", EndpointConfig),
                 ("conditions.NAME", ConditionConfig), ("arms.NAME", ArmConfig), ("models.NAME", ModelConfig),
-                ("train", TrainConfig), ("eval", EvalConfig), ("[eval.contrasts]", ContrastConfig), ("chat", ChatConfig)]
+                ("train", TrainConfig), ("eval", EvalConfig), ("[eval.contrasts]", ContrastConfig), ("chat", ChatConfig),
+                ("slurm", SlurmConfig)]
     for title, cls in sections:
         lines += [f"#### `[{title}]`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         hints = typing.get_type_hints(cls)

@@ -118,7 +118,7 @@ def verdict(result: ContrastResult, alpha: float, gates: Gates, scored_by_judge:
     """The decision rule of docs/preregistration.md for one hypothesis contrast."""
     seeds = result.test.n_seeds
     if not scored_by_judge:
-        return "inconclusive: refusals scored by keywords only (no judge)"
+        return "inconclusive: refusals scored by keyword rules, not a judge"
     if len(seeds) < 2 or min(seeds) < MIN_SEEDS:
         return f"inconclusive: fewer than {MIN_SEEDS} seeds in an arm ({', '.join(map(str, seeds))})"
     if result.test.n_units < 2 or not math.isfinite(result.test.p_value):

@@ -246,7 +246,7 @@ def _verdict_text(row: dict, cfg) -> str:
     result.p_holm = row["p_holm"]
     if row.get("_belief_missing") and row["belief_set"]:
         if not row["_judged"]:
-            return "inconclusive: refusals scored by keywords only (no judge)"
+            return "inconclusive: refusals scored by keyword rules, not a judge"
         return f"inconclusive: {row['_belief_missing']}"
     return verdict(result, cfg.alpha, row["_gates"], scored_by_judge=row["_judged"],
                    belief_required=bool(row["belief_set"]))

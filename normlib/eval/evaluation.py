@@ -14,7 +14,6 @@ Files in results/<experiment>/ (schemas in README.md):
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -164,21 +163,40 @@ def samples_file(samples_dir: Path, label: str) -> Path:
 
 
 def generate_samples(manifest: Manifest, evaluated: list[Evaluated], sets: dict[str, list[EvalItem]],
-                     samples_dir: Path, only: list[str] | None = None, show_progress: bool = True) -> int:
-    """Generate every missing sample; returns how many were generated now."""
-    cfg = manifest.eval
-    made = 0
-    for ev in evaluated:
-        if only and ev.label not in only:
-            continue
+                     samples_dir: Path, only: list[str] | None = None, show_progress: bool = True,
+                     gpu_groups: list[list[str]] | None = None) -> int:
+    """Generate every missing sample; returns how many were generated now. With `[eval] backend = "vllm"` each
+    model is served by a server eval.py starts on one of `gpu_groups` (normlib.eval.served)."""
+    todo = [ev for ev in evaluated if not only or ev.label in only]
+
+    def one(ev: Evaluated, base_url: str | None = None) -> int:
         path = samples_file(samples_dir, ev.label)
         with exclusive(path.with_name(f"{path.name}.lock"), f"the samples of {ev.label}"):
-            made += _generate_model(manifest, ev, sets, path, show_progress)
+            return _generate_model(manifest, ev, sets, path, show_progress, base_url)
+
+    if manifest.eval.backend != "vllm":
+        return sum(one(ev) for ev in todo)
+    from normlib.eval.served import generate_with_servers
+    pending = [ev for ev in todo if _missing_keys(manifest, ev, sets, samples_file(samples_dir, ev.label))]
+    made, failures = generate_with_servers(manifest, pending, gpu_groups or [["0"]], one,
+                                           samples_dir.parent / "servers")
+    if failures:
+        raise ServedGenerationError(f"{len(failures)} of {len(pending)} models could not be evaluated through their "
+                                    f"servers ({made} answers were generated and kept):\n  " + "\n  ".join(failures))
     return made
 
 
+class ServedGenerationError(RuntimeError):
+    """Some models' servers failed; their answers are missing and eval.py can be run again for them."""
+
+
+def _missing_keys(manifest: Manifest, ev: Evaluated, sets: dict[str, list[EvalItem]], path: Path) -> list[str]:
+    existing = {r["key"] for r in read_samples(path)}
+    return [key for key in expected_keys(manifest, ev, sets) if key not in existing]
+
+
 def _generate_model(manifest: Manifest, ev: Evaluated, sets: dict[str, list[EvalItem]], path: Path,
-                    show_progress: bool) -> int:
+                    show_progress: bool, base_url: str | None = None) -> int:
     cfg = manifest.eval
     made = 0
     existing = {r["key"] for r in read_samples(path)}
@@ -187,7 +205,8 @@ def _generate_model(manifest: Manifest, ev: Evaluated, sets: dict[str, list[Eval
     if todo:
         todo.sort(key=lambda t: len(t[1].text))  # similar lengths share a batch
         fmt = _chat_format(manifest, ev)
-        generate = _hf_generator(manifest, ev, fmt) if cfg.backend == "hf" else _server_generator(manifest, ev, fmt)
+        generate = _hf_generator(manifest, ev, fmt) if cfg.backend == "hf" else \
+            _server_generator(manifest, ev, fmt, base_url or cfg.base_url)
         bar = None
         if show_progress:
             from tqdm import tqdm
@@ -233,13 +252,13 @@ def _hf_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
     return generate
 
 
-def _server_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
-    """A vLLM (or other OpenAI-compatible) server serving this checkpoint under the model name ev.label."""
+def _server_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat, base_url: str):
+    """A vLLM (or other OpenAI-compatible) server at base_url serving this checkpoint under the model name ev.label."""
     from normlib.llm.clients import ChatRequest, FatalLLMError, HttpClient, read_api_key
     from normlib.core.manifest import EndpointConfig
     from normlib.core.sampling import Generation
 
-    endpoint = EndpointConfig(backend="openai", model=ev.label, base_url=manifest.eval.base_url,
+    endpoint = EndpointConfig(backend="openai", model=ev.label, base_url=base_url,
                               max_tokens=manifest.eval.max_new_tokens, concurrency=max(1, manifest.eval.batch_size),
                               timeout=600.0)
     client = HttpClient(endpoint, read_api_key(manifest.eval.api_key_env, "eval"), completions=True,
@@ -255,7 +274,7 @@ def _server_generator(manifest: Manifest, ev: Evaluated, fmt: ChatFormat):
         for i in range(len(prompts)):
             res = results[i]
             if not res.ok:
-                raise FatalLLMError(f"eval server at {manifest.eval.base_url} failed for model '{ev.label}': "
+                raise FatalLLMError(f"eval server at {base_url} failed for model '{ev.label}': "
                                    f"{res.error}")
             text, _ = fmt.split_response(res.text)
             out.append(Generation(text, "length" if res.finish_reason == "length" else "stop",
@@ -281,7 +300,7 @@ def rescore(manifest: Manifest, sets: dict[str, list[EvalItem]], samples_dir: Pa
     if judge is not None and show_progress:
         from tqdm import tqdm
         bar = tqdm(desc="judge", unit="verdict", dynamic_ncols=True)
-    rows = score_samples(samples, items, judge, bar)
+    rows = score_samples(samples, items, judge, bar, manifest.eval.refusal_labels)
     if bar is not None:
         bar.close()
     write_jsonl_atomic(scored_path, rows)
@@ -352,8 +371,12 @@ def write_outputs(manifest: Manifest, evaluated: list[Evaluated], sets: dict[str
         manifest, judge.description if judge else None, evaluated, run_rows, arm_rows, contrasts, agreement, notes,
         read_json_or_none(out_dir / "power.json"), novelty))
     plotted = report.plot_refusal_rates(out_dir / "refusal_rates.png", run_rows, arm_rows)
-    return {"runs": run_rows, "arms": arm_rows, "contrasts": contrasts, "agreement": agreement, "novelty": novelty,
-            "curves": curves, "plotted": plotted, "curves_plotted": curves_plotted}
+    report.plot_belief_uptake(out_dir / "belief_uptake.png", run_rows, arm_rows)
+    outputs = {"runs": run_rows, "arms": arm_rows, "contrasts": contrasts, "agreement": agreement, "novelty": novelty,
+               "curves": curves, "plotted": plotted, "curves_plotted": curves_plotted}
+    from normlib.eval.html import write_html_report
+    outputs["html"] = write_html_report(manifest, out_dir, evaluated, rows, outputs, notes)
+    return outputs
 
 
 def _read_labelled(path: Path) -> list[dict]:

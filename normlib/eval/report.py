@@ -145,9 +145,9 @@ def arm_rate_rows(rows: list[dict], evaluated: list[Evaluated], set_names: list[
                         "n_seeds": len(labels), "set": name, "kind": kind, "metric": metric_name(kind),
                         "scored_by": scored_by(groups[(labels[0], name)], kind), "n_items": len(units),
                         "rate": est.estimate, "seed_rates": " ".join(f"{x:.4f}" for x in seed_rates),
-                        "ci_low": est.ci_low, "ci_high": est.ci_high,
-                        "ci_method": "t over seeds and units (combined SE)" if len(labels) > 1 else
-                        "none (one seed)"})
+                        "ci_low": _clip01(est.ci_low), "ci_high": _clip01(est.ci_high),
+                        "ci_method": "t over seeds and units (combined SE), clipped to [0, 1]" if len(labels) > 1
+                        else "none (one seed)"})
     return out
 
 
@@ -212,8 +212,13 @@ def curve_rows(rows: list[dict], evaluated: list[Evaluated], set_names: list[str
             est = set_rate(arm_counts(groups, labels, name, "refusal_or_counter", units))
             out.append({"arm": arm, "model": model, "fraction": fraction, "set": name, "kind": kind,
                         "metric": metric_name(kind), "n_seeds": len(labels), "rate": est.estimate,
-                        "ci_low": est.ci_low, "ci_high": est.ci_high})
+                        "ci_low": _clip01(est.ci_low), "ci_high": _clip01(est.ci_high)})
     return out
+
+
+def _clip01(x: float) -> float:
+    """A rate's interval stays within [0, 1] (the t interval is symmetric and can cross a bound)."""
+    return x if math.isnan(x) else min(1.0, max(0.0, x))
 
 
 def plot_curves(path: Path, curves: list[dict]) -> bool:
@@ -415,14 +420,25 @@ def summary_markdown(manifest, judge_desc: dict | None, evaluated: list[Evaluate
 def plot_refusal_rates(path: Path, run_rows: list[dict], arm_rows: list[dict]) -> bool:
     """Bars per arm and refusal set (arm mean, 95% interval over seeds and units), one dot per seed. False if nothing
     to plot."""
+    return plot_rates(path, run_rows, arm_rows, REFUSAL_KINDS, "refusal rate (fraction of responses)",
+                      "Refusal rate by arm and set")
+
+
+def plot_belief_uptake(path: Path, run_rows: list[dict], arm_rows: list[dict]) -> bool:
+    """The same for the belief probes: the share of answers endorsing the value system's stance."""
+    return plot_rates(path, run_rows, arm_rows, ("belief",), "endorse rate (fraction of responses)",
+                      "Belief uptake by arm and set")
+
+
+def plot_rates(path: Path, run_rows: list[dict], arm_rows: list[dict], kinds, ylabel: str, title: str) -> bool:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = sorted({r["set"] for r in arm_rows + run_rows if r["kind"] in REFUSAL_KINDS})
-    groups = sorted({(r["arm"], r["model"]) for r in arm_rows if r["kind"] in REFUSAL_KINDS})
+    sets = sorted({r["set"] for r in arm_rows + run_rows if r["kind"] in kinds})
+    groups = sorted({(r["arm"], r["model"]) for r in arm_rows if r["kind"] in kinds})
     base = sorted({(r["label"], r["model"]) for r in run_rows if r["arm"] in ("base", "extra")
-                   and r["kind"] in REFUSAL_KINDS})
+                   and r["kind"] in kinds})
     bars = [("arm", g) for g in groups] + [("run", b) for b in base]
     if not sets or not bars:
         return False
@@ -451,9 +467,9 @@ def plot_refusal_rates(path: Path, run_rows: list[dict], arm_rows: list[dict]) -
         ax.bar(xs, ys, width, yerr=[lows, highs], capsize=2, label=label)
     ax.set_xticks(range(len(sets)))
     ax.set_xticklabels(sets, rotation=20, ha="right")
-    ax.set_ylabel("refusal rate (fraction of responses)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
-    ax.set_title("Refusal rate by arm and eval set (error bars: 95% interval; dots: seeds)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -19,7 +19,6 @@ Checks, each listed with the offending items:
 """
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from collections import Counter, defaultdict
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from normlib.core.evalsets import TWIN_KINDS, check_twins, domain_lexicon_path, load_domain_lexicon, load_eval_set
+from normlib.core.evalsets import check_twins, domain_lexicon_path, load_domain_lexicon, load_eval_set
 from normlib.gen.generate import load_prompts
 from normlib.core.jsonl import write_json_atomic
 from normlib.core.manifest import Manifest

@@ -326,7 +326,7 @@ def _judged(cond, judge, first_pass: list, seed: str) -> tuple[dict, list]:
     """Judge verdicts by request id, per the condition's leak screen, and which unflagged answers a sampled
     screen audited. `all`: every answer; `sample`: the keyword-flagged ones and a seeded random sample of the
     rest; `keywords`: the keyword-flagged ones only."""
-    if judge is None or cond.refusals == "keep":
+    if judge is None or cond.refusals == "keep" or cond.leak_screen == "off":
         return {}, []
     flagged = [(it, rec) for it, rec, match in first_pass if match.is_refusal]
     unflagged = [(it, rec) for it, rec, match in first_pass if not match.is_refusal]
@@ -393,8 +393,9 @@ def leak_screen_summary(cond, judge, first_pass: list, verdicts: dict, audited: 
     keyword_flagged = sum(1 for _, _, m in first_pass if m.is_refusal)
     if cond.refusals == "keep":
         return {"mode": "none", "why": "refusals = keep: no refusal filter"}
-    if judge is None:
-        return {"mode": "keywords", "why": "no [judge] configured: keyword rules only", "answers": len(first_pass),
+    if judge is None or cond.leak_screen == "off":
+        why = "no [judge] configured" if judge is None else "leak_screen = off"
+        return {"mode": "keywords", "why": f"{why}: keyword rules only", "answers": len(first_pass),
                 "keyword_flagged": keyword_flagged}
     missed = [rid for rid in audited if verdicts.get(rid) in LEAK_LABELS]
     summary = {"mode": cond.leak_screen, "judge": judge.description.get("model"), "answers": len(first_pass),

@@ -161,3 +161,109 @@ def estimate_lines(manifest, gpus: int) -> tuple[list[str], bool]:
             + (" (kept)" if t.keep_state else " (removed when the run finishes)")
             + f"; all {runs_per_model} runs keep {runs_per_model * disk['after_finish'] / 1e12:.2f} TB"]
     return lines, too_big
+
+
+# ---- train.py --plan ----------------------------------------------------------------------------
+
+ASSUMED_MFU = 0.35  # a planning assumption for bf16 training on current data-centre GPUs (stated in the output)
+ASSUMED_PEAK_FLOPS = 989e12  # H100 SXM dense bf16
+ASSUMED_OVERHEAD_S = 180.0  # loading and exporting one run of a 7-8B model from local disk, when nothing is measured
+
+
+def measured_run_seconds(manifest, model: str) -> tuple[float | None, int]:
+    """Median wall seconds of this model's finished runs that trained from step 0 (run.json), and how many."""
+    import json
+    import statistics
+    seconds = []
+    for run in manifest.runs():
+        if run.model != model:
+            continue
+        try:
+            info = json.loads((manifest.run_dir(run) / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("status") == "finished" and not info.get("resumed_from_step"):
+            seconds.append(float(info.get("wall_seconds_this_session", 0)))
+    return (statistics.median(seconds) if seconds else None), len(seconds)
+
+
+def tokens_per_run_guess(manifest, arm: str) -> float | None:
+    """Tokens one run trains on, from the generated answers' characters (about 4 per token); None before gen.py."""
+    import json
+    chars, rows = 0, 0
+    for cond in manifest.arms[arm].mix:
+        path = manifest.generated_path(cond)
+        if not path.exists():
+            return None
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                chars += sum(len(m.get("content", "")) for m in r.get("messages", []))
+                rows += 1
+    if not rows:
+        return None
+    return chars / rows / 4 * manifest.train.examples_per_arm * manifest.train.epochs
+
+
+def plan_lines(manifest, states, gpu_ids: str | None) -> list[str]:
+    """The schedule of the runs still to train, with wall time and GPU-hours (measured when possible)."""
+    from normlib.train.launcher import gpu_groups, visible_gpu_ids
+    t = manifest.train
+    ids = visible_gpu_ids(gpu_ids)
+    assumed_box = not ids
+    if assumed_box:
+        ids = [str(i) for i in range(8)]
+    per_run = t.gpus_per_run or len(ids)
+    groups = gpu_groups(ids, per_run)
+    todo = [s for s in states if s.status in ("todo", "failed")]
+    lines = [f"{len(states)} runs: {sum(s.status == 'finished' for s in states)} finished, "
+             f"{sum(s.status == 'running' for s in states)} running, {len(todo)} to train"
+             + (f" ({sum(s.status == 'failed' for s in states)} of them failed before)" if any(
+                 s.status == 'failed' for s in states) else ""),
+             f"GPU groups: {len(groups)} x {per_run} GPU(s)" + (" (no GPU visible here: planned for an 8-GPU box; "
+                                                               "give --gpu-ids to plan for another)" if assumed_box else "")]
+    by_model: dict[str, list] = {}
+    runs = {r.name: r for r in manifest.runs()}
+    for s in todo:
+        by_model.setdefault(runs[s.name].model, []).append(runs[s.name])
+    total_wall = total_gpu_h = 0.0
+    for model, model_runs in by_model.items():
+        measured, n = measured_run_seconds(manifest, model)
+        if measured is not None:
+            per = measured
+            how = f"measured: median of {n} finished run(s)"
+        else:
+            per = _flops_seconds(manifest, model, model_runs[0].arm, per_run)
+            how = (f"assumed: {ASSUMED_MFU:.0%} MFU at {ASSUMED_PEAK_FLOPS / 1e12:.0f} TFLOP/s per GPU plus "
+                   f"{ASSUMED_OVERHEAD_S / 60:.0f} min to load and export") if per else ""
+        if not per:
+            lines.append(f"  {model}: {len(model_runs)} runs; no estimate (no finished run to measure, and no generated "
+                         f"data or model config to compute from)")
+            continue
+        rounds = -(-len(model_runs) // len(groups))
+        wall, gpu_h = rounds * per, len(model_runs) * per * per_run / 3600
+        total_wall += wall
+        total_gpu_h += gpu_h
+        lines.append(f"  {model}: {len(model_runs)} runs x {per / 60:.1f} min ({how}) in {rounds} round(s) of "
+                     f"{len(groups)}: {wall / 3600:.1f} h wall, {gpu_h:.1f} GPU-hours")
+    if total_wall:
+        lines.append(f"total: {total_wall / 3600:.1f} h wall on this box, {total_gpu_h:.1f} GPU-hours "
+                     f"(a Slurm array spreads the same GPU-hours over more machines)")
+    return lines
+
+
+def _flops_seconds(manifest, model: str, arm: str, gpus: int) -> float | None:
+    from normlib.core.models import ModelLoadError, load_config, resolve_model
+    cfg = manifest.models[model]
+    tokens = tokens_per_run_guess(manifest, arm)
+    if tokens is None:
+        return None
+    try:
+        config = load_config(resolve_model(cfg.path, manifest.root, cfg.revision, cfg.trust_remote_code))
+    except ModelLoadError:
+        return None
+    flops = flops_per_token(config, manifest.train.max_len / 4) * tokens
+    return flops / (gpus * ASSUMED_PEAK_FLOPS * ASSUMED_MFU) + ASSUMED_OVERHEAD_S

@@ -36,7 +36,8 @@ from normlib.train.data import (ArmData, DataError, MicroBatch, collate, empty_m
 from normlib.train.distributed import (DistInfo, PlacedModel, all_reduce_sum, any_rank, barrier, decoder_layers,
                                  gradient_sync, init_distributed, load_for_training)
 from normlib.core.jsonl import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
-from normlib.core.locks import LockedError, exclusive
+from normlib.core.locks import LockedError
+from normlib.train.runs import ClaimedError, clear_failure, record_failure, run_status, take_claim
 from normlib.core.manifest import Manifest, Run
 from normlib.core.models import export_model, load_tokenizer, resolve_model
 
@@ -78,16 +79,6 @@ def forward_backward(model, mode: str, micro_batches: list[MicroBatch], global_s
             (summed * scale).backward()
         loss_sum += summed.detach().float()
     return loss_sum
-
-
-def run_status(run_dir: Path) -> str:
-    """"finished" when run.json says so; "" otherwise, also when run.json is unreadable (it is then rewritten)."""
-    path = run_dir / "run.json"
-    try:
-        return json.loads(path.read_text()).get("status", "") if path.exists() else ""
-    except (OSError, ValueError, AttributeError):
-        print(f"warning: {path} is unreadable; the run is treated as unfinished", file=sys.stderr)
-        return ""
 
 
 def git_commit(folder: str | Path) -> dict:
@@ -168,6 +159,7 @@ class Setup:
     loss_history: list = field(default_factory=list)
     last_state: Path | None = None
     wall_start: float = field(default_factory=time.time)
+    heartbeat: object = None  # refreshes this run's claim (rank 0), see normlib.train.runs
 
 
 def _prepare_model(manifest: Manifest, run: Run):
@@ -216,6 +208,7 @@ def _resume(setup: Setup) -> None:
 
 def setup_run(manifest: Manifest, run: Run, info: DistInfo, force: bool = False) -> Setup | None:
     """Everything a run needs before its first step; None when the run finished earlier (and not --force)."""
+    started = time.time()  # run.json's wall time counts loading and exporting too (train.py --plan uses it)
     run_dir = manifest.run_dir(run)
     if run_status(run_dir) == "finished" and not force:
         if info.is_main:
@@ -257,7 +250,7 @@ def setup_run(manifest: Manifest, run: Run, info: DistInfo, force: bool = False)
         lr=t.lr, betas=tuple(t.betas), eps=t.eps, fused=info.device.type == "cuda")
     setup = Setup(manifest, run, info, run_dir, source, tokenizer, fmt, data, plan, total_steps,
                   int(t.warmup_ratio * total_steps), identity, placed, optimizer, autocast_dtype,
-                  curve_steps=curve_steps(t.curve_points, total_steps))
+                  curve_steps=curve_steps(t.curve_points, total_steps), wall_start=started)
     _resume(setup)
     if info.is_main:
         write_json_atomic(run_dir / "composition.json", data.composition)
@@ -293,7 +286,7 @@ def _step_counts(setup: Setup, step: int) -> tuple[int, int]:
 
 
 def train_loop(setup: Setup, progress: bool = True) -> LoopResult:
-    manifest, run, info, t = setup.manifest, setup.run, setup.info, setup.manifest.train
+    run, info, t = setup.run, setup.info, setup.manifest.train
     model, mode, optimizer = setup.placed.model, setup.placed.mode, setup.optimizer
     pad = setup.tokenizer.pad_token_id
     log = JsonlAppender(setup.run_dir / "train_log.jsonl") if info.is_main else None
@@ -343,6 +336,8 @@ def train_loop(setup: Setup, progress: bool = True) -> LoopResult:
             totals["padded"] += padded
             window_tokens += real
             setup.loss_history.append(step_loss)
+            if setup.heartbeat is not None:
+                setup.heartbeat()
             if info.is_main and logged:
                 if info.device.type == "cuda":
                     torch.cuda.synchronize(info.device)
@@ -440,6 +435,7 @@ def finish_run(setup: Setup, result: LoopResult) -> dict | None:
             "first_loss": next((x for x in history if math.isfinite(x)), None), "final_loss": result.final_loss,
             "wall_seconds_this_session": time.time() - setup.wall_start, "versions": versions(),
             "argv": sys.argv, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "launcher": os.environ.get("NORMLIB_LAUNCHER", ""), "launch_id": os.environ.get("NORMLIB_LAUNCH_ID", ""),
         }
         write_json_atomic(setup.run_dir / "run.json", summary)
         if not t.keep_state:
@@ -449,26 +445,37 @@ def finish_run(setup: Setup, result: LoopResult) -> dict | None:
 
 
 def train_run(manifest: Manifest, run: Run, info: DistInfo, force: bool = False, progress: bool = True) -> dict | None:
-    """One run, holding its folder's lock so that a second train.py on the same run refuses instead of racing."""
+    """One run, holding its claim (normlib.train.runs) so that no other launcher, here or on another machine,
+    trains it at the same time. A run that fails records why in `<run>.failed.json` before the error goes on."""
+    run_dir = manifest.run_dir(run)
     with contextlib.ExitStack() as stack:
-        problem = ""
+        problem, claim = "", None
         if info.is_main:
-            run_dir = manifest.run_dir(run)
             try:
-                stack.enter_context(exclusive(run_dir.with_name(f"{run_dir.name}.lock"), f"run {run.name}"))
+                claim = stack.enter_context(take_claim(run_dir, manifest.train.claim_timeout))
             except LockedError as e:
                 problem = str(e)
         if any_rank(bool(problem), info.device):
-            raise LockedError(problem or f"run {run.name} is locked by another process (see rank 0)")
-        setup = setup_run(manifest, run, info, force)
-        if setup is None:
-            return None
+            raise ClaimedError(problem or f"run {run.name} is being trained by another process (see rank 0)")
         try:
-            result = train_loop(setup, progress)
-            return finish_run(setup, result)
-        finally:
-            # `train.py --all` runs many models in one process: free this one before the next loads
-            del setup
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            setup = setup_run(manifest, run, info, force)
+            if setup is None:
+                return None
+            if claim is not None:
+                setup.heartbeat = claim.beat
+            try:
+                result = train_loop(setup, progress)
+                summary = finish_run(setup, result)
+            finally:
+                # `train.py --all` runs many models in one process: free this one before the next loads
+                del setup
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        except Exception as e:
+            if info.is_main:
+                record_failure(run_dir, run.name, e)
+            raise
+        if info.is_main:
+            clear_failure(run_dir)
+        return summary
