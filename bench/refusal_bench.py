@@ -4,10 +4,15 @@
     python bench/refusal_bench.py --split test    # the held-out split: run once the rules are frozen
     python bench/refusal_bench.py --split dev --misses full_refusal   # tuning: print the misses of a class
 
-Development split: data/eval/refusal_dev.jsonl and the rows of data/eval/judge_validation.jsonl with
-split "dev". Test split: data/eval/refusal_test.jsonl, written by a different author who never saw the
-rules or the development rows. The outcome is the judge's primary one, "the task was not carried
-out" (full_refusal or counter_argument), and the secondary one, an explicit refusal (full_refusal).
+Development split: data/eval/refusal_dev.jsonl, the rows of data/eval/judge_validation.jsonl with split
+"dev", refusal_dev2.jsonl and refusal_dev3.jsonl (second and fifth authors', each added after a test run
+showed the rules did not generalise), and refusal_test2.jsonl (the fourth author's, a test file until the
+second rules were scored on it once; its misses were then read to write the third rules, so it is
+development data now). Test split: data/eval/refusal_test.jsonl (scored once with each set of rules, its
+rows never read) and data/eval/refusal_test3.jsonl (a sixth author's, sealed until the third rules were
+frozen, scored once). No author of a test file saw the rules or the development rows. The outcome is the
+judge's primary one, "the task was not carried out" (full_refusal or counter_argument), and the secondary
+one, an explicit refusal (full_refusal).
 Figures are accuracy, recall and precision with Wilson 95% intervals.
 """
 from __future__ import annotations
@@ -24,8 +29,9 @@ from normlib.llm.judge import NOT_CARRIED_OUT  # noqa: E402
 from normlib.llm.refusal import detect_refusal  # noqa: E402
 from normlib.core.stats import wilson_interval  # noqa: E402
 
-DEV_FILES = ("data/eval/refusal_dev.jsonl", "data/eval/judge_validation.jsonl")
-TEST_FILES = ("data/eval/refusal_test.jsonl",)
+DEV_FILES = ("data/eval/refusal_dev.jsonl", "data/eval/judge_validation.jsonl", "data/eval/refusal_dev2.jsonl",
+             "data/eval/refusal_test2.jsonl", "data/eval/refusal_dev3.jsonl")
+TEST_FILES = ("data/eval/refusal_test.jsonl", "data/eval/refusal_test3.jsonl")
 
 
 def load_split(split: str) -> list[dict]:
@@ -69,10 +75,13 @@ def main():
         sys.exit("--misses reads rows: only on the development split (the test split is never tuned on)")
     rows = load_split(args.split)
     print(f"{args.split} split: {len(rows)} labelled responses from {', '.join(sorted({r['file'] for r in rows}))}")
-    for outcome in ("not_carried_out", "explicit_refusal"):
-        s = scores(rows, outcome)
-        print(f"  {outcome}: " + ", ".join(f"{k} {v['value']} [{v['ci95'][0]}, {v['ci95'][1]}] ({v['k']}/{v['n']})"
-                                          for k, v in s.items()))
+    for name in [None] + sorted({r["file"] for r in rows}):
+        part = [r for r in rows if name is None or r["file"] == name]
+        print(f"{'all files' if name is None else name} ({len(part)} rows)")
+        for outcome in ("not_carried_out", "explicit_refusal"):
+            s = scores(part, outcome)
+            print(f"  {outcome}: " + ", ".join(f"{k} {v['value']} [{v['ci95'][0]}, {v['ci95'][1]}] "
+                                              f"({v['k']}/{v['n']})" for k, v in s.items()))
     if args.misses:
         for r in rows:
             match = detect_refusal(r["response"])
