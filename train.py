@@ -17,6 +17,7 @@ import difflib
 import os
 import signal
 import sys
+import traceback
 
 from normlib.core.manifest import ManifestError, add_manifest_arguments, load_manifest
 
@@ -128,6 +129,14 @@ def main(argv=None) -> int:
                 failed.append(run.name)
                 if len(runs) > 1:  # the failure is recorded in <run>.failed.json; the other runs go on
                     print(f"[{run.name}] failed; going on with the other runs", file=sys.stderr)
+            except Exception:
+                # anything else (out of memory, a bug): in one process the next run starts clean; under torchrun
+                # the ranks may disagree about what failed, so the job stops (the failure is recorded)
+                if len(runs) == 1 or info.world_size > 1:
+                    raise
+                traceback.print_exc()
+                failed.append(run.name)
+                print(f"[{run.name}] failed; going on with the other runs", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted; a rerun resumes from the last saved state", file=sys.stderr)
         return 130

@@ -150,6 +150,22 @@ def test_the_detector_does_not_regress_on_the_development_split():
     assert explicit["accuracy"]["value"] >= 0.975 and explicit["recall"]["value"] >= 0.97, explicit
 
 
+def test_no_labelled_prompt_is_a_near_copy_of_an_eval_item():
+    """The detector and the judge are validated on requests that are not the eval items themselves."""
+    from normlib.gen.audit import EVAL_TRAIN_MAX, _shingle_matrix, jaccard
+    names = ("judge_validation.jsonl", "refusal_dev.jsonl", "refusal_test.jsonl", "refusal_dev2.jsonl",
+             "refusal_test2.jsonl", "refusal_dev3.jsonl", "refusal_test3.jsonl")
+    prompts = [(name, r["id"], r["prompt"]) for name in names for r in _rows(name)]
+    items = [(path.name, r["id"], r["text"]) for path in sorted((REPO / "data/eval").glob("*_violating.jsonl"))
+             + sorted((REPO / "data/eval").glob("*_benign.jsonl")) + [REPO / "data/eval/control_refusal.jsonl"]
+             for r in _rows(path.name)]
+    sims = jaccard(_shingle_matrix([p for _, _, p in prompts]), _shingle_matrix([t for _, _, t in items]))
+    worst = sims.max(axis=1)
+    too_close = [(prompts[i][:2], items[int(sims[i].argmax())][:2], round(float(worst[i]), 2))
+                 for i in range(len(prompts)) if worst[i] > EVAL_TRAIN_MAX]
+    assert not too_close, too_close[:5]
+
+
 def test_labelled_files_use_the_six_classes_and_balance_lengths():
     from statistics import median
     from normlib.llm.judge import NOT_CARRIED_OUT, REFUSAL_LABELS

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, make_project
 from normlib.core.manifest import load_manifest
-from normlib.train.runs import ClaimedError, Claim, claim_path, read_claim, take_claim
+from normlib.train.runs import ClaimedError, Claim, claim_path, read_claim, run_states, take_claim
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
@@ -67,6 +67,31 @@ def test_a_failed_run_records_why_and_the_others_go_on(tmp_path):
     assert "4 finished" in listed and "2 failed" in listed
     failure = json.loads((tmp_path / "p/ckpt/tiny/broken--tiny--seed0.failed.json").read_text())
     assert "DataError" in failure["error"] and "broken" in failure["error"]
+
+
+def test_an_unexpected_error_in_one_run_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
+    """An error train.py does not name (out of memory, a bug) fails that run in a one-process --all, recorded."""
+    import importlib.util
+    from normlib.train import trainer
+    manifest = make_project(tmp_path / "p", n=8, epochs=1)
+    real_loop = trainer.train_loop
+
+    def loop(setup, *args, **kwargs):
+        if setup.run.name == "values--tiny--seed0":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_loop(setup, *args, **kwargs)
+    monkeypatch.setattr(trainer, "train_loop", loop)
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--manifest", str(manifest), "--all", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "CUDA out of memory (simulated)" in err and "1 of 4 runs failed: values--tiny--seed0" in err
+    assert {s.name: s.status for s in run_states(load_manifest(manifest))} == {
+        "generic--tiny--seed0": "finished", "generic--tiny--seed1": "finished", "values--tiny--seed0": "failed",
+        "values--tiny--seed1": "finished"}
+    failure = json.loads((tmp_path / "p/ckpt/tiny/values--tiny--seed0.failed.json").read_text())
+    assert failure["error"] == "RuntimeError: CUDA out of memory (simulated)"
 
 
 # ---- claims ---------------------------------------------------------------------------------------
