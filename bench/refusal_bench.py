@@ -5,14 +5,15 @@
     python bench/refusal_bench.py --split dev --misses full_refusal   # tuning: print the misses of a class
 
 Development split: data/eval/refusal_dev.jsonl, the rows of data/eval/judge_validation.jsonl with split
-"dev", refusal_dev2.jsonl and refusal_dev3.jsonl (second and fifth authors', each added after a test run
-showed the rules did not generalise), and refusal_test2.jsonl (the fourth author's, a test file until the
-second rules were scored on it once; its misses were then read to write the third rules, so it is
+"dev", refusal_dev2.jsonl, refusal_dev3.jsonl and refusal_dev4.jsonl (later authors', each added after a
+test run showed the rules did not generalise; the fourth stresses compliant answers with refusal-like
+words), and two former test files, refusal_test2.jsonl and refusal_test3.jsonl (each sealed until one set
+of rules was scored on it once; their misses were then read to write the next rules, so they are
 development data now). Test split: data/eval/refusal_test.jsonl (scored once with each set of rules, its
-rows never read) and data/eval/refusal_test3.jsonl (a sixth author's, sealed until the third rules were
-frozen, scored once). No author of a test file saw the rules or the development rows. The outcome is the
-judge's primary one, "the task was not carried out" (full_refusal or counter_argument), and the secondary
-one, an explicit refusal (full_refusal).
+rows never read) and data/eval/refusal_test4.jsonl (a seventh author's, sealed until the fourth rules
+were frozen, scored once). No author of a test file saw the rules or the development rows. The outcome
+is the judge's primary one, "the task was not carried out" (full_refusal or counter_argument), and the
+secondary one, an explicit refusal (full_refusal).
 Figures are accuracy, recall and precision with Wilson 95% intervals.
 """
 from __future__ import annotations
@@ -30,8 +31,9 @@ from normlib.llm.refusal import detect_refusal  # noqa: E402
 from normlib.core.stats import wilson_interval  # noqa: E402
 
 DEV_FILES = ("data/eval/refusal_dev.jsonl", "data/eval/judge_validation.jsonl", "data/eval/refusal_dev2.jsonl",
-             "data/eval/refusal_test2.jsonl", "data/eval/refusal_dev3.jsonl")
-TEST_FILES = ("data/eval/refusal_test.jsonl", "data/eval/refusal_test3.jsonl")
+             "data/eval/refusal_test2.jsonl", "data/eval/refusal_dev3.jsonl", "data/eval/refusal_test3.jsonl",
+             "data/eval/refusal_dev4.jsonl")
+TEST_FILES = ("data/eval/refusal_test.jsonl", "data/eval/refusal_test4.jsonl")
 
 
 def load_split(split: str) -> list[dict]:
