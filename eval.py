@@ -144,9 +144,9 @@ def server_groups(manifest, gpu_ids: str | None) -> list[list[str]]:
     """GPU groups of [eval] server_gpus for backend vllm; raises ValueError when too few GPUs are visible."""
     from normlib.train.launcher import LaunchError, gpu_groups, visible_gpu_ids
     try:
-        return gpu_groups(visible_gpu_ids(gpu_ids), manifest.eval.server_gpus)
+        return gpu_groups(visible_gpu_ids(gpu_ids), manifest.eval.server_gpus, "[eval] server_gpus")
     except LaunchError as e:
-        raise ValueError(str(e).replace("[train] gpus_per_run", "[eval] server_gpus")) from None
+        raise ValueError(str(e)) from None
 
 
 def write_slurm(manifest, labels: list[str], args) -> int:

@@ -105,11 +105,12 @@ def main(argv=None) -> int:
     from normlib.core.models import ModelLoadError
     from normlib.train.data import DataError
     from normlib.train.loss import HeadMismatch
+    from normlib.train.launcher import CLAIMED_EXIT, raise_interrupt
     from normlib.train.runs import ClaimedError
     from normlib.train.trainer import TrainingDiverged, init_distributed, train_run
 
     # SIGTERM (Slurm's time limit, a launcher's Ctrl-C) ends the run like Ctrl-C: its claim is released
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     failed = []
     try:
         if args.estimate:
@@ -148,13 +149,6 @@ def main(argv=None) -> int:
         print(f"error: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)} (see train.py --list-runs)",
               file=sys.stderr)
     return 1 if failed else 0
-
-
-CLAIMED_EXIT = 3  # normlib.train.launcher.CLAIMED_EXIT: the run is being trained elsewhere
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def launch_groups(manifest, runs, args) -> int:

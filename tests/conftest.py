@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tiny import save_tiny_model  # noqa: E402
+
+TRAIN_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def train_cli(manifest: Path, *args, check: bool = True, timeout: float = 600, env: dict | None = None):
+    """Run train.py on a manifest as a user would; with check, a non-zero exit fails with its output."""
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--manifest", str(manifest), "--no-progress", *args],
+                          capture_output=True, text=True, env=env or TRAIN_ENV, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
 
 QA = [
     ("What is the capital of France?", "The capital is Paris."),

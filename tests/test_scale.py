@@ -6,23 +6,19 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_project
+from conftest import REPO, make_project, train_cli
 from normlib.core.manifest import load_manifest
 from normlib.train.runs import ClaimedError, Claim, claim_path, read_claim, run_states, take_claim
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
-def train(manifest, *args, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--manifest", str(manifest), "--no-progress",
-                           *args], capture_output=True, text=True, env=ENV, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+train = partial(train_cli, env=ENV)
 
 
 def add_broken_arm(manifest: Path) -> None:
@@ -56,6 +52,15 @@ def test_list_runs_run_by_name_and_index(tmp_path):
     assert bad.returncode == 2 and "the matrix has 4 runs (0..3)" in bad.stderr
     typo = train(manifest, "--run", "values--tiny--seed9", check=False)
     assert typo.returncode == 2 and "did you mean" in typo.stderr
+
+
+def test_gpu_groups_split_the_visible_gpus_and_name_the_setting_when_too_few():
+    from normlib.train.launcher import LaunchError, gpu_groups
+    assert gpu_groups(["0", "1", "2", "3", "4"], 2) == [["0", "1"], ["2", "3"]]  # GPU 4 stays idle
+    with pytest.raises(LaunchError, match=r"\[train\] gpus_per_run = 4, but only 2 GPU\(s\).*lower gpus_per_run"):
+        gpu_groups(["0", "1"], 4)
+    with pytest.raises(LaunchError, match=r"\[eval\] server_gpus = 2, but only 1 GPU\(s\).*lower server_gpus"):
+        gpu_groups(["0"], 2, "[eval] server_gpus")
 
 
 def test_a_failed_run_records_why_and_the_others_go_on(tmp_path):
@@ -131,6 +136,14 @@ def launcher(manifest, gpu_ids: str, log: Path) -> subprocess.Popen:
                             start_new_session=True, preexec_fn=_default_sigint)
 
 
+def wait_for_claims(ckpt: Path, count: int, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    """Until `count` runs are claimed (being trained); fails at once if the launcher exits first."""
+    deadline = time.time() + timeout
+    while len(list(ckpt.glob("*.claim"))) < count and time.time() < deadline:
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.5)
+
+
 def _default_sigint():
     # a test run started in the background by a non-interactive shell inherits an ignored SIGINT; a user's
     # terminal does not, and Ctrl-C is what the interrupt test checks
@@ -168,10 +181,7 @@ def test_a_killed_launcher_leaves_claims_that_the_next_one_takes_over(tmp_path):
     manifest.write_text(manifest.read_text() + "gpus_per_run = 1\n")
     first = launcher(manifest, "0,1", tmp_path / "a.log")
     ckpt = tmp_path / "p/ckpt/tiny"
-    deadline = time.time() + 300
-    while len(list(ckpt.glob("*.claim"))) < 2 and time.time() < deadline:
-        assert first.poll() is None, (tmp_path / "a.log").read_text()
-        time.sleep(0.5)
+    wait_for_claims(ckpt, 2, first, tmp_path / "a.log")
     claimed = sorted(p.name for p in ckpt.glob("*.claim"))
     assert len(claimed) == 2
     # kill -9 everything of this experiment: the launcher, torchrun and the trainers; no cleanup runs
@@ -192,9 +202,7 @@ def test_ctrl_c_stops_every_child_and_releases_the_claims(tmp_path):
     manifest.write_text(manifest.read_text() + "gpus_per_run = 1\n")
     proc = launcher(manifest, "0,1", tmp_path / "a.log")
     ckpt = tmp_path / "p/ckpt/tiny"
-    deadline = time.time() + 300
-    while len(list(ckpt.glob("*.claim"))) < 2 and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for_claims(ckpt, 2, proc, tmp_path / "a.log")
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 130
     time.sleep(1)

@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import QA, REPO, make_project
+from conftest import QA, REPO, TRAIN_ENV as ENV, make_project, train_cli
 from normlib.core.chat import ChatFormat, encode_example
 from normlib.core.manifest import load_manifest
 from normlib.core.models import export_model, load_model, load_tokenizer, resolve_model
@@ -20,15 +19,6 @@ from normlib.core.sampling import generate_hf
 from normlib.train.trainer import TrainingDiverged, init_distributed, lr_factor, train_run
 from tiny import tiny_llama, tiny_tokenizer
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def train_cli(manifest: Path, *args, check=True):
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--manifest", str(manifest), "--no-progress", *args],
-                          capture_output=True, text=True, env=ENV, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_tiny_model_overfits_and_answers_through_the_template(tmp_path):

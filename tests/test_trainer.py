@@ -1,15 +1,15 @@
 """train.py's budgets and operations: real training mode, one step plan for every arm, logit post-processing,
 resume that refuses another configuration, state fallback, meta-device loading, the estimate."""
 import json
-import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import QA, REPO, free_port, make_project, write_generated
+from conftest import QA, TRAIN_ENV, free_port, make_project, train_cli, write_generated
 from normlib.train.costs import mfu_per_gpu
 from normlib.train.data import DataError, collate, plan_steps
 from normlib.train.distributed import decoder_layers
@@ -18,16 +18,11 @@ from normlib.core.manifest import load_manifest
 from normlib.train.trainer import init_distributed, run_status, setup_run, train_loop, train_run
 from tiny import tiny_tokenizer
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+ENV = {**TRAIN_ENV, "OMP_NUM_THREADS": "1"}
 LONG = [(q, (a + " ") * 4) for q, a in QA]  # answers four times as long as QA's
 
 
-def cli(manifest, *args, check=True):
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--manifest", str(manifest), "--no-progress", *args],
-                          capture_output=True, text=True, env=ENV, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+cli = partial(train_cli, env=ENV)
 
 
 def test_activation_checkpointing_recomputes_each_decoder_layer(tmp_path):

@@ -40,12 +40,14 @@ def visible_gpu_ids(explicit: str | None = None) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def gpu_groups(ids: list[str], per_run: int) -> list[list[str]]:
+def gpu_groups(ids: list[str], per_run: int, setting: str = "[train] gpus_per_run") -> list[list[str]]:
+    """`ids` split into groups of `per_run` (the manifest `setting` it comes from, named in errors)."""
     if per_run < 1:
-        raise LaunchError("[train] gpus_per_run must be at least 1 to launch runs on GPU groups")
+        raise LaunchError(f"{setting} must be at least 1 to launch on GPU groups")
     if len(ids) < per_run:
-        raise LaunchError(f"[train] gpus_per_run = {per_run}, but only {len(ids)} GPU(s) are visible "
-                          f"({','.join(ids) or 'none'}); lower gpus_per_run or name GPUs with --gpu-ids")
+        key = setting.split()[-1]
+        raise LaunchError(f"{setting} = {per_run}, but only {len(ids)} GPU(s) are visible "
+                          f"({','.join(ids) or 'none'}); lower {key} or name GPUs with --gpu-ids")
     groups = [ids[i:i + per_run] for i in range(0, len(ids) - per_run + 1, per_run)]
     left = ids[len(groups) * per_run:]
     if left:
@@ -91,7 +93,7 @@ def launch(manifest: Manifest, runs: list[Run], groups: list[list[str]], overrid
     active: dict[int, _Child] = {}
     logs = log_dir(manifest)
     logs.mkdir(parents=True, exist_ok=True)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         while pending or active:
             for g, group in enumerate(groups):
@@ -150,7 +152,8 @@ def _finished_by(manifest: Manifest, child: _Child) -> bool:
     return info.get("status") == "finished" and info.get("launch_id") == child.launch_id
 
 
-def _raise_interrupt(signum, frame):
+def raise_interrupt(signum, frame):
+    """A SIGTERM handler that ends the process like Ctrl-C (Slurm's time limit, a launcher stopping it)."""
     raise KeyboardInterrupt
 
 
