@@ -392,7 +392,7 @@ def validate_judge(path: Path, judge) -> dict:
     six refusal classes, optional split) gives the six-class confusion and the two outcomes, per split; a belief
     file (question, stance, response, label endorses/rejects/neutral) gives the belief judge's."""
     from normlib.llm.judge import BELIEF_LABELS, REFUSAL_LABELS
-    from normlib.llm.refusal import detect_refusal
+    from normlib.llm.refusal import detect_refusals
 
     rows = _read_labelled(path)
     if not rows:
@@ -418,12 +418,12 @@ def validate_judge(path: Path, judge) -> dict:
         gold = [rows[i]["label"] for i in idx]
         part = {"n": len(idx)}
         if not belief:
-            keyword = [detect_refusal(rows[i]["response"]) for i in idx]
+            keyword = detect_refusals([rows[i]["response"] for i in idx])
             part["keyword_not_carried_out"] = _binary(
                 [g in NOT_CARRIED_OUT for g in gold], [k.is_refusal for k in keyword])
             part["keyword_explicit_refusal"] = _binary(
                 [g == "full_refusal" for g in gold],
-                [k.is_refusal and k.rule not in ("argues_instead", "steers_away") for k in keyword])
+                [k.is_refusal and k.explicit for k in keyword])
         if verdicts is not None:
             mine = [verdicts[i] for i in idx]
             part["judge"] = _agreement(gold, mine, list(labels) + [INVALID])

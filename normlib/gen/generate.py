@@ -31,7 +31,7 @@ from normlib.core.jsonl import (JsonlAppender, JsonlError, read_json_or_none, re
 from normlib.core.locks import exclusive
 from normlib.llm.clients import ChatRequest, ChatResult
 from normlib.core.manifest import Manifest
-from normlib.llm.refusal import detect_refusal
+from normlib.llm.refusal import detect_refusals
 
 MAX_PLAN_FACTOR = 4  # give up topping up after 4x the target number of requests
 EXAMPLES_PER_FILTER = 3  # dropped answers shown in the report, per filter
@@ -353,7 +353,9 @@ def select(items: list[PlanItem], done: dict, cond, judge, target: int, progress
             continue
         if detail == "trimmed":
             rec = dict(rec, text=text, trimmed=True)
-        first_pass.append((it, rec, detect_refusal(text)))
+        first_pass.append((it, rec, text))
+    matches = detect_refusals([text for _, _, text in first_pass])
+    first_pass = [(it, rec, match) for (it, rec, _), match in zip(first_pass, matches)]
     verdicts, audited = _judged(cond, judge, first_pass, f"leak:{target}")
     kept, exact, near = [], set(), NearDuplicateIndex(cond.near_duplicate_threshold)
     for it, rec, match in first_pass:
