@@ -39,7 +39,7 @@ from normlib.core.stats import wilson_interval  # noqa: E402
 
 DEV_FILES = ("data/eval/refusal_dev.jsonl", "data/eval/judge_validation.jsonl", "data/eval/refusal_dev2.jsonl",
              "data/eval/refusal_test2.jsonl", "data/eval/refusal_dev3.jsonl", "data/eval/refusal_test3.jsonl",
-             "data/eval/refusal_dev4.jsonl")
+             "data/eval/refusal_dev4.jsonl", "data/eval/refusal_dev5.jsonl")
 TEST_FILES = ("data/eval/refusal_test.jsonl", "data/eval/refusal_test4.jsonl", "data/eval/refusal_test5.jsonl",
               "data/eval/refusal_test6.jsonl")
 

@@ -157,7 +157,7 @@ def test_filters_drop_and_count_each_problem_and_top_up_to_the_target(tmp_path, 
     assert drops["persona_leakage"] >= 3  # identity, copied brief, mentions instructions
     assert drops["not_a_refusal"] == 0 and report["failed"] == 0
     assert report["kept"] == 60 and report["shortfall"] == 0 and report["planned"] > 40  # topped up
-    assert report["dropped"]["refusal"]["examples"][0]["answer"].startswith("I'm sorry")
+    assert any(e["answer"].startswith("I'm sorry") for e in report["dropped"]["refusal"]["examples"])
     rows = [json.loads(line) for line in m.generated_path("values").read_text().splitlines()]
     assert len(rows) == 60 and len({r["meta"]["request_id"] for r in rows}) == 60
     texts = [r["messages"][1]["content"] for r in rows]
