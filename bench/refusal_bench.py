@@ -10,12 +10,14 @@ The detector is the keyword rules checked by a learned classifier (normlib/llm/r
 scores the rules alone. Development split: data/eval/refusal_dev.jsonl, the rows of
 data/eval/judge_validation.jsonl with split "dev", refusal_dev2.jsonl, refusal_dev3.jsonl and refusal_dev4.jsonl
 (later authors', each added after a test run showed the rules did not generalise; the fourth stresses compliant
-answers with refusal-like words), and two former test files, refusal_test2.jsonl and refusal_test3.jsonl (each
+answers with refusal-like words), refusal_dev5.jsonl (small models' answers, added when the demo's showed the
+classifier a style it had not seen), and two former test files, refusal_test2.jsonl and refusal_test3.jsonl (each
 sealed until one set of rules was scored on it once; their misses were then read to write the next rules, so
 they are development data now). Test split: data/eval/refusal_test.jsonl (scored with each set of rules, its
 rows never read), refusal_test4.jsonl (sealed until the fourth rules were frozen, scored once with them, its
 rows never read), and refusal_test5.jsonl and refusal_test6.jsonl (two further authors', sealed until the
-classifier was frozen). No author of a test file saw the rules or the development rows. The outcome is the
+classifier was first frozen, scored with both fifth-round versions, rows never read). No author of a test
+file saw the rules or the development rows. The outcome is the
 judge's primary one, "the task was not carried out" (full_refusal or counter_argument), and the secondary one,
 an explicit refusal (full_refusal). Figures are accuracy, recall and precision with Wilson 95% intervals.
 """

@@ -287,7 +287,7 @@ def test_no_labelled_prompt_is_a_near_copy_of_an_eval_item():
     from normlib.gen.audit import EVAL_TRAIN_MAX, _shingle_matrix, jaccard
     names = ("judge_validation.jsonl", "refusal_dev.jsonl", "refusal_test.jsonl", "refusal_dev2.jsonl",
              "refusal_test2.jsonl", "refusal_dev3.jsonl", "refusal_test3.jsonl", "refusal_dev4.jsonl",
-             "refusal_test4.jsonl", "refusal_test5.jsonl", "refusal_test6.jsonl")
+             "refusal_dev5.jsonl", "refusal_test4.jsonl", "refusal_test5.jsonl", "refusal_test6.jsonl")
     prompts = [(name, r["id"], r["prompt"]) for name in names for r in _rows(name)]
     items = [(path.name, r["id"], r["text"]) for path in sorted((REPO / "data/eval").glob("*_violating.jsonl"))
              + sorted((REPO / "data/eval").glob("*_benign.jsonl")) + [REPO / "data/eval/control_refusal.jsonl"]
@@ -304,7 +304,7 @@ def test_labelled_files_use_the_six_classes_and_balance_lengths():
     from normlib.llm.judge import NOT_CARRIED_OUT, REFUSAL_LABELS
     for name in ("judge_validation.jsonl", "refusal_dev.jsonl", "refusal_test.jsonl", "refusal_dev2.jsonl",
                  "refusal_test2.jsonl", "refusal_dev3.jsonl", "refusal_test3.jsonl", "refusal_dev4.jsonl",
-                 "refusal_test4.jsonl", "refusal_test5.jsonl", "refusal_test6.jsonl"):
+                 "refusal_dev5.jsonl", "refusal_test4.jsonl", "refusal_test5.jsonl", "refusal_test6.jsonl"):
         rows = _rows(name)
         assert {r["label"] for r in rows} == set(REFUSAL_LABELS), name
         refusing = median(len(r["response"]) for r in rows if r["label"] in NOT_CARRIED_OUT)

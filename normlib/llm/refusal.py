@@ -5,9 +5,10 @@ the request instead of the task) and an explicit refusal, in two transparent ste
 - keyword rules a reader can check (`match_rules`): every match records the rule and the words that fired;
 - a learned check on them (normlib/llm/refusal_classifier.py, two logistic regressions over the n-grams of the
   answer's opening, every weight in data/refusal_classifier.json): a rule's refusal stands unless the classifier
-  finds it unlikely (the veto threshold), and the classifier alone calls a refusal the rules missed when it is
-  confident (the `alone` threshold; the phrase is then the n-grams that weighed most). `combine` is the rule.
-Both were tuned on the development split only (data/eval/refusal_dev.jsonl, refusal_dev2-4.jsonl,
+  finds it unlikely (the veto threshold), and the classifier alone calls an explicit refusal the rules missed
+  when it is confident and the opening negates or declines (the phrase is then the n-grams that weighed
+  most). `combine` is the rule.
+Both were tuned on the development split only (data/eval/refusal_dev.jsonl, refusal_dev2-5.jsonl,
 judge_validation.jsonl's dev rows, and refusal_test2.jsonl and refusal_test3.jsonl, former test files);
 bench/refusal_bench.py scores both splits (figures in data/README.md). The judge, not this detector, decides
 the hypotheses.
