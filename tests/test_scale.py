@@ -176,12 +176,18 @@ def test_two_launchers_share_the_gpu_groups_without_training_a_run_twice(tmp_pat
     assert "CUDA_VISIBLE_DEVICES" not in out  # (children see their group; nothing leaks into the launcher's log)
 
 
-def test_a_killed_launcher_leaves_claims_that_the_next_one_takes_over(tmp_path):
+def start_two_groups(tmp_path):
+    """A launcher of long one-GPU runs on groups 0 and 1, returned once both trainers hold their claims."""
     manifest = make_project(tmp_path / "p", n=8, epochs=200, save_every=50)
     manifest.write_text(manifest.read_text() + "gpus_per_run = 1\n")
-    first = launcher(manifest, "0,1", tmp_path / "a.log")
+    proc = launcher(manifest, "0,1", tmp_path / "a.log")
     ckpt = tmp_path / "p/ckpt/tiny"
-    wait_for_claims(ckpt, 2, first, tmp_path / "a.log")
+    wait_for_claims(ckpt, 2, proc, tmp_path / "a.log")
+    return manifest, proc, ckpt
+
+
+def test_a_killed_launcher_leaves_claims_that_the_next_one_takes_over(tmp_path):
+    manifest, first, ckpt = start_two_groups(tmp_path)
     claimed = sorted(p.name for p in ckpt.glob("*.claim"))
     assert len(claimed) == 2
     # kill -9 everything of this experiment: the launcher, torchrun and the trainers; no cleanup runs
@@ -198,11 +204,7 @@ def test_a_killed_launcher_leaves_claims_that_the_next_one_takes_over(tmp_path):
 
 
 def test_ctrl_c_stops_every_child_and_releases_the_claims(tmp_path):
-    manifest = make_project(tmp_path / "p", n=8, epochs=200, save_every=50)
-    manifest.write_text(manifest.read_text() + "gpus_per_run = 1\n")
-    proc = launcher(manifest, "0,1", tmp_path / "a.log")
-    ckpt = tmp_path / "p/ckpt/tiny"
-    wait_for_claims(ckpt, 2, proc, tmp_path / "a.log")
+    manifest, proc, ckpt = start_two_groups(tmp_path)
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 130
     time.sleep(1)

@@ -378,7 +378,10 @@ def _idiom_spans(text: str) -> list[tuple[int, int]]:
 
 def match_rules(text: str) -> RefusalMatch:
     """The keyword rules alone (the fourth rules, frozen; data/README.md)."""
-    norm = normalise(text)
+    return _match_normalised(normalise(text))
+
+
+def _match_normalised(norm: str) -> RefusalMatch:
     if not norm:
         return RefusalMatch(False)
     visible = _set_aside_drafts(norm)
@@ -490,8 +493,8 @@ def detect_refusals(texts: list[str], classifier: RefusalClassifier | None = Non
         chunk = texts[start:start + CHUNK]
         normalised = [classifier_text(t) for t in chunk]
         probabilities = classifier.probabilities(normalised)
-        matches += [combine(match_rules(t), n, pe, pn, classifier) if n else RefusalMatch(False) for t, n, pe, pn
-                    in zip(chunk, normalised, probabilities["explicit"], probabilities["not_carried_out"])]
+        matches += [combine(_match_normalised(n), n, pe, pn, classifier) if n else RefusalMatch(False)
+                    for n, pe, pn in zip(normalised, probabilities["explicit"], probabilities["not_carried_out"])]
     return matches
 
 
